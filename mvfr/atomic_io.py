@@ -1,0 +1,93 @@
+"""Atomic file writes: every output goes to a temporary name in the same folder, then is renamed.
+
+An interrupted stage therefore never leaves a half-written file under the final name, and a file
+that already existed keeps its old content until the new one is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it to ``path``, else delete it.
+
+    The temporary name keeps the final suffix, so writers that pick a format from the suffix
+    (OpenCV, Pillow, trimesh) still work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write ``array`` as a .npy file atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, np.asarray(array))
+
+
+def save_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
+    """Write ``obj`` as JSON atomically (numpy scalars and arrays are converted)."""
+
+    def default(o: Any) -> Any:
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, Path):
+            return str(o)
+        raise TypeError(f"cannot write {type(o).__name__} to JSON")
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=indent, default=default)
+            f.write("\n")
+
+
+def save_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+def save_image(path: str | os.PathLike, image: np.ndarray, jpeg_quality: int = 95) -> None:
+    """Write an RGB (H, W, 3) or grey (H, W) uint8/uint16 image atomically (format from suffix)."""
+    import cv2
+
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] == 3:
+        image = image[:, :, ::-1]  # RGB -> OpenCV's BGR
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if str(path).lower().endswith((".jpg", ".jpeg")) else []
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), np.ascontiguousarray(image), params):
+            raise OSError(f"could not write image {path}")
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image as RGB uint8 (H, W, 3); a missing or corrupt file raises ``ValueError`` naming it."""
+    import cv2
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"image {path} does not exist")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"image {path} could not be decoded (corrupt or not an image); replace or remove the file")
+    return image[:, :, ::-1].copy()
