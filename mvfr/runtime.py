@@ -1,0 +1,73 @@
+"""What every stage script does once: choose the device, seed, log the environment, save its options."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mvfr.atomic_io import save_json
+
+log = logging.getLogger("mvfr")
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """Library logging to stderr (tqdm bars stay on their own line)."""
+    logging.basicConfig(level=getattr(logging, level), format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def resolve_device(name: str = "auto") -> str:
+    """``auto|cpu|cuda`` -> a torch device string; asking for cuda without one is an error."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but torch sees no CUDA device; use --device cpu or auto")
+    return name
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (call once per stage, never at import time)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:  # pragma: no cover - torch is a requirement
+        pass
+
+
+def environment() -> dict[str, Any]:
+    """Versions and hardware, for the logs."""
+    env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(), "numpy": np.__version__}
+    try:
+        import torch
+
+        env["torch"] = torch.__version__
+        env["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        env["threads"] = torch.get_num_threads()
+    except ImportError:  # pragma: no cover
+        pass
+    return env
+
+
+def save_options(path: str | Path, opt: argparse.Namespace) -> None:
+    """Write the options a stage ran with (and the environment) as JSON beside its outputs."""
+    save_json(path, {"options": vars(opt), "environment": environment(), "argv": sys.argv})
+
+
+def start_stage(opt: argparse.Namespace, options_path: str | Path | None = None) -> None:
+    """The first lines of every stage: logging, seed, environment log, options file."""
+    setup_logging(getattr(opt, "log_level", "INFO"))
+    seed_everything(opt.seed)
+    log.info("environment: %s", environment())
+    if options_path is not None:
+        save_options(options_path, opt)

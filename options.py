@@ -1,0 +1,154 @@
+"""One argparse module shared by every stage script.
+
+Precedence: built-in defaults < ``--config FILE.json`` < command line. Every length option is in
+millimetres (converted to the capture's units with ``Rt_scale_dict``), every image size in pixels
+of the processed images. Option names of the original release are kept (``uv_size``, ``d_size``,
+``interval_scale``, ``if_view_num``, ``points_num``, ``sigma``, ``mlp_dim``, ...).
+
+Usage in a stage script::
+
+    from options import parse_options
+    opt = parse_options("gen_maps")
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.replace(",", "-").split("-") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by '-', got {text!r}") from None
+
+
+def add_common_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("common")
+    g.add_argument("--config", type=str, default=None, help="JSON file of option values (defaults < file < command line)")
+    g.add_argument("--dataroot", type=str, default="data", help="DATA_FOLDER: processed tree every stage reads and writes")
+    g.add_argument("--facescape_dataroot", type=str, default="raw", help="RAW: FaceScape multi-view tree (images, params.json, scans)")
+    g.add_argument("--split", choices=("train", "eval"), default="eval", help="which face ids of id.json to process")
+    g.add_argument("--ids", type=str, nargs="*", default=None, help="process only these face ids (PPP_EE); default: all of --split")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="compute device; auto = cuda when available")
+    g.add_argument("--overwrite", action="store_true", help="recompute faces whose outputs already exist")
+    g.add_argument("--seed", type=int, default=0, help="random seed of this stage")
+    g.add_argument("--log_level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="library logging level")
+
+
+def add_preprocess_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("preprocess_images")
+    g.add_argument("--image_long_side", type=int, default=1296, help="long side of processed images, in pixels")
+    g.add_argument("--if_view_num", type=int, default=10, help="number of views kept per face (first valid ones of select_dict)")
+
+
+def add_maps_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("gen_maps")
+    g.add_argument("--uv_size", type=int, default=256, help="side S of the UV maps, in texels")
+    g.add_argument("--search_range_mm", type=float, default=20.0, help="ground-truth displacement search range along the normal, +-mm")
+    g.add_argument("--normal_smooth_iters", type=int, default=2, help="smoothing passes over the normal map before renormalising")
+
+
+def add_if_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("implicit function")
+    g.add_argument("--d_size", type=int, default=201, help="number of hypotheses D along each normal")
+    g.add_argument("--interval_scale", type=float, default=0.2, help="step between hypotheses, in mm")
+    g.add_argument("--points_num", type=int, default=4096, help="texels sampled per face and training step")
+    g.add_argument("--sigma", type=float, default=1.0, help="width of the Gaussian matching-score target, in mm")
+    g.add_argument("--mlp_dim", type=_int_list, default=[129, 1024, 512, 256, 128, 1], help="MLP widths, '-' separated")
+    g.add_argument("--feature_channels", type=int, default=128, help="channels of the per-view CNN feature")
+    g.add_argument("--if_learning_rate", type=float, default=1e-4, help="Adam learning rate of the implicit function")
+    g.add_argument("--if_training_epoch", type=int, default=20, help="training epochs (passes over the training faces)")
+    g.add_argument("--if_checkpoint", type=str, default="predefine_data/checkpoint_if.pt", help="checkpoint to evaluate")
+    g.add_argument("--num_sample", type=int, default=65536, help="points per inference chunk (bounds memory)")
+    g.add_argument("--search", choices=("c2f", "full"), default="c2f", help="coarse-to-fine or exhaustive search over D")
+
+
+def add_reg_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("regularisation")
+    g.add_argument("--reg_channels", type=int, default=8, help="base channels of the 3D U-Net")
+    g.add_argument("--reg_learning_rate", type=float, default=1e-3, help="Adam learning rate of the regulariser")
+    g.add_argument("--reg_training_epoch", type=int, default=20, help="training epochs of the regulariser")
+    g.add_argument("--reg_checkpoint", type=str, default="predefine_data/checkpoint_reg.pt", help="checkpoint to evaluate")
+
+
+def add_tex_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("texture")
+    g.add_argument("--tex_uv_size", type=int, default=1024, help="side of the blended UV texture, in texels")
+
+
+def add_synthetic_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("gen_synthetic")
+    g.add_argument("--out", type=str, default="raw", help="RAW folder to write (FaceScape multi-view layout)")
+    g.add_argument("--num_ids", type=int, default=4, help="number of synthetic identities")
+    g.add_argument("--num_exps", type=int, default=3, help="expressions per identity (FaceScape order: neutral, smile, mouth_stretch, ...)")
+    g.add_argument("--num_views", type=int, default=10, help="cameras per capture")
+    g.add_argument("--image_long_side", type=int, default=1296, help="long side of the rendered images, in pixels")
+    g.add_argument("--num_eval_ids", type=int, default=1, help="identities put in the eval split of id.json")
+    g.add_argument("--seed", type=int, default=0, help="random seed (the dataset is deterministic for a seed)")
+
+
+def add_mkdirs_options(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+STAGES: dict[str, tuple[str, list[Callable[[argparse.ArgumentParser], None]]]] = {
+    "mkdirs": ("Create the DATA_FOLDER tree.", [add_mkdirs_options]),
+    "preprocess_images": ("RAW capture -> DATA_FOLDER/images (undistort, resize, K update).", [add_preprocess_options]),
+    "gen_maps": ("Landmarks, triangulation, base-mesh fit and UV maps.", [add_preprocess_options, add_maps_options]),
+    "train_if": ("Train the implicit function.", [add_preprocess_options, add_maps_options, add_if_options]),
+    "eval_if": ("Run the implicit function: score volumes, IF maps and meshes.", [add_preprocess_options, add_maps_options, add_if_options]),
+    "train_reg": ("Train the 3D-CNN regulariser.", [add_maps_options, add_if_options, add_reg_options]),
+    "eval_reg": ("Run the regulariser: refined maps and meshes.", [add_maps_options, add_if_options, add_reg_options]),
+    "gen_tex": ("Blend the views into a UV texture.", [add_preprocess_options, add_maps_options, add_tex_options]),
+}
+
+
+def build_parser(stage: str) -> argparse.ArgumentParser:
+    """The parser of ``stage`` (a key of :data:`STAGES`, or ``"gen_synthetic"``)."""
+    if stage == "gen_synthetic":
+        p = argparse.ArgumentParser(
+            prog="gen_synthetic.py",
+            description="Write a synthetic FaceScape-layout dataset with ground truth.",
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        p.add_argument("--config", type=str, default=None, help="JSON file of option values (defaults < file < command line)")
+        add_synthetic_options(p)
+        return p
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; one of {sorted(STAGES)}")
+    description, adders = STAGES[stage]
+    p = argparse.ArgumentParser(
+        prog=f"{stage}.py", description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    add_common_options(p)
+    for add in adders:
+        add(p)
+    return p
+
+
+def parse_options(stage: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv`` (default: sys.argv) for ``stage``: defaults < ``--config`` file < command line."""
+    parser = build_parser(stage)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre, _ = parser.parse_known_args(argv)
+    if pre.config:
+        path = Path(pre.config)
+        if not path.is_file():
+            parser.error(f"--config {path} does not exist")
+        try:
+            values = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            parser.error(f"--config {path} is not valid JSON: {exc}")
+        known = {a.dest for a in parser._actions}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            parser.error(f"--config {path} has unknown options {unknown}; see --help")
+        parser.set_defaults(**values)
+    opt = parser.parse_args(argv)
+    opt.stage = stage
+    return opt
