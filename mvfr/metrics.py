@@ -1,0 +1,360 @@
+"""Per-stage geometric error figures in mm against a ground-truth scan (DESIGN §6).
+
+Every function here is pure: arrays and :class:`~mvfr.mesh_io.Mesh` objects in, arrays and dicts
+out. Geometry stays in the capture's units ("units"); :func:`surface_metrics` converts every
+reported length to millimetres with ``mm_per_unit`` (FaceScape: ``Rt_scale_dict[pid][eid][0]``).
+
+Errors are computed on points sampled uniformly by area over the surfaces, never on vertices, so
+a dense mesh does not weigh more than a coarse one. Closest points come from libigl
+(``igl.point_mesh_squared_distance``, an AABB tree, exact point-triangle distance).
+
+The facial region is a boolean per **GT face** (``[F_gt] bool``): a face belongs to it when its
+centroid does (its centroid uv lies in the facial mask, or, in the fallback, its centroid is near
+the base mesh and projects onto the mask). Per-face regions keep area sampling exact and let the
+accuracy direction ask "does the closest GT point lie on a region face?" directly.
+
+Metric keys (exact, in this order, see :data:`METRIC_KEYS`):
+
+- ``accuracy_mean_mm``, ``accuracy_median_mm``: prediction -> GT distance of the prediction samples
+  whose closest GT point lies on a region face (prediction parts outside the face do not count).
+- ``completeness_mean_mm``: GT region samples -> whole prediction.
+- ``chamfer_mm``: mean of ``accuracy_mean_mm`` and ``completeness_mean_mm``.
+- ``pct_within_0.5mm``, ``pct_within_1mm``, ``pct_within_2mm``: percent (0..100) of the accuracy
+  (prediction -> GT) distances that are <= the threshold.
+- ``normal_error_deg``: mean angle, in degrees, between the prediction's normal at each accuracy
+  sample and the GT normal at its closest point (both: barycentric interpolation of area-weighted
+  vertex normals computed from the geometry, renormalised). Orientation matters: a flipped
+  surface reads about 180 degrees.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Mapping
+
+import igl
+import numpy as np
+
+from mvfr.atomic_io import save_json
+from mvfr.mesh_io import Mesh, vertex_normals
+from mvfr.uv_rasterizer import lookup_nearest
+
+METRIC_KEYS = (
+    "accuracy_mean_mm",
+    "accuracy_median_mm",
+    "completeness_mean_mm",
+    "chamfer_mm",
+    "pct_within_0.5mm",
+    "pct_within_1mm",
+    "pct_within_2mm",
+    "normal_error_deg",
+)
+STAGE_ORDER = ("base", "if", "reg", "meso")
+THRESHOLDS_MM = {"pct_within_0.5mm": 0.5, "pct_within_1mm": 1.0, "pct_within_2mm": 2.0}
+
+
+# ------------------------------------------------------------------------------------- validation
+
+
+def _check_mesh(vertices: np.ndarray, faces: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Contiguous float64 ``[N, 3]`` / int64 ``[F, 3]`` copies, or a ValueError naming ``name``."""
+    v = np.ascontiguousarray(vertices, dtype=np.float64)
+    f = np.ascontiguousarray(faces, dtype=np.int64)
+    if v.ndim != 2 or v.shape[1] != 3 or len(v) == 0:
+        raise ValueError(f"{name}: vertices must be a non-empty [N, 3] array, got shape {v.shape}")
+    if f.ndim != 2 or f.shape[1] != 3 or len(f) == 0:
+        raise ValueError(f"{name}: faces must be a non-empty [F, 3] array, got shape {f.shape}")
+    if not np.isfinite(v).all():
+        bad = int((~np.isfinite(v).all(axis=1)).sum())
+        raise ValueError(f"{name}: {bad} vertices are NaN or infinite; fix or drop them before evaluation")
+    if f.min() < 0 or f.max() >= len(v):
+        raise ValueError(f"{name}: face indices must lie in [0, {len(v) - 1}], got [{f.min()}, {f.max()}]")
+    return v, f
+
+
+def _check_positive(value: float, name: str) -> float:
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    return value
+
+
+# ------------------------------------------------------------------------------- geometry helpers
+
+
+def point_to_mesh(
+    points: np.ndarray, vertices: np.ndarray, faces: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Closest points on a triangle mesh.
+
+    ``points [P, 3]``, ``vertices [N, 3]``, ``faces [F, 3]``, all in capture units ->
+    ``dist [P]`` float64 (units, unsquared), ``closest [P, 3]`` float64 (units), ``face_idx [P]``
+    int64 (the face the closest point lies on). Unreferenced vertices are ignored.
+    """
+    v, f = _check_mesh(vertices, faces, "mesh")
+    p = np.ascontiguousarray(points, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != 3:
+        raise ValueError(f"points must be [P, 3], got shape {p.shape}")
+    if not np.isfinite(p).all():
+        raise ValueError("points contain NaN or infinite values")
+    if len(p) == 0:
+        return np.zeros(0), np.zeros((0, 3)), np.zeros(0, dtype=np.int64)
+    sqr, idx, closest = igl.point_mesh_squared_distance(p, v, f)
+    return np.sqrt(np.maximum(sqr, 0.0)), np.asarray(closest), np.asarray(idx, dtype=np.int64)
+
+
+def barycentric(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """Barycentric coordinates ``[P, 3]`` of ``points [P, 3]`` in ``triangles [P, 3, 3]``.
+
+    The point is projected onto the triangle's plane first; for a point on the triangle the
+    coordinates are >= 0 (up to rounding) and sum to 1. Degenerate triangles get (1, 0, 0).
+    """
+    a, b, c = triangles[:, 0], triangles[:, 1], triangles[:, 2]
+    v0, v1, v2 = b - a, c - a, points - a
+    d00 = np.einsum("ij,ij->i", v0, v0)
+    d01 = np.einsum("ij,ij->i", v0, v1)
+    d11 = np.einsum("ij,ij->i", v1, v1)
+    d20 = np.einsum("ij,ij->i", v2, v0)
+    d21 = np.einsum("ij,ij->i", v2, v1)
+    denom = d00 * d11 - d01 * d01
+    ok = denom > 1e-30 * np.maximum(d00 * d11, 1e-300)
+    safe = np.where(ok, denom, 1.0)
+    v = np.where(ok, (d11 * d20 - d01 * d21) / safe, 0.0)
+    w = np.where(ok, (d00 * d21 - d01 * d20) / safe, 0.0)
+    return np.stack([1.0 - v - w, v, w], axis=1)
+
+
+def _interpolate(values: np.ndarray, faces: np.ndarray, face_idx: np.ndarray, bary: np.ndarray) -> np.ndarray:
+    """Per-vertex (or per-corner, via ``faces``) ``values [N, C]`` at (face, bary) -> ``[P, C]``."""
+    corners = values[faces[face_idx]]  # [P, 3, C]
+    return np.einsum("pk,pkc->pc", bary, corners)
+
+
+def _normalise(n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unit rows of ``n [P, 3]`` and a ``[P]`` bool of rows that had a usable length."""
+    norm = np.linalg.norm(n, axis=1)
+    ok = norm > 1e-12
+    return n / np.where(ok, norm, 1.0)[:, None], ok
+
+
+def sample_surface(
+    vertices: np.ndarray, faces: np.ndarray, n: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` points uniformly distributed by area over a triangle mesh; deterministic for a seed.
+
+    ``vertices [N, 3]`` units, ``faces [F, 3]`` -> ``points [n, 3]`` units, ``face_idx [n]`` int64,
+    ``bary [n, 3]`` float64 (``points = sum_k bary[:, k] * vertices[faces[face_idx, k]]``).
+    Zero-area faces are never sampled; a mesh with no area raises ValueError.
+    """
+    v, f = _check_mesh(vertices, faces, "mesh")
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"number of samples must be >= 1, got {n}")
+    tri = v[f]
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    cum = np.cumsum(area)
+    total = cum[-1]
+    if not total > 0:
+        raise ValueError("cannot sample a mesh whose total area is zero")
+    rng = np.random.default_rng(seed)
+    face_idx = np.searchsorted(cum, rng.random(n) * total, side="right")
+    face_idx = np.minimum(face_idx, len(f) - 1).astype(np.int64)
+    r1 = np.sqrt(rng.random(n))
+    r2 = rng.random(n)
+    bary = np.stack([1.0 - r1, r1 * (1.0 - r2), r1 * r2], axis=1)
+    points = np.einsum("pk,pkc->pc", bary, tri[face_idx])
+    return points, face_idx, bary
+
+
+# -------------------------------------------------------------------------------- facial region
+
+
+def _face_uv_centroids(mesh: Mesh) -> np.ndarray:
+    if mesh.uvs is None or mesh.face_uvs is None:
+        raise ValueError("mesh has no uvs; use facial_region_from_base for a scan without template uvs")
+    return mesh.uvs[mesh.face_uvs].mean(axis=1)
+
+
+def _check_mask(mask: np.ndarray) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.ndim != 2 or mask.shape[0] != mask.shape[1]:
+        raise ValueError(f"facial mask must be a square [S, S] array, got shape {mask.shape}")
+    return mask.astype(bool)
+
+
+def facial_region_from_uv(gt_mesh: Mesh, mask: np.ndarray) -> np.ndarray:
+    """Facial region of a GT scan that carries the template's uvs: ``[F_gt] bool`` per GT face.
+
+    A face is in the region when the texel nearest to the mean of its three corner uvs is set in
+    ``mask [S, S] bool`` (template UV space, DESIGN §3 texel convention).
+    """
+    mask = _check_mask(mask)
+    return np.asarray(lookup_nearest(mask, _face_uv_centroids(gt_mesh)), dtype=bool)
+
+
+def facial_region_from_base(
+    gt_mesh: Mesh, base_mesh: Mesh, mask: np.ndarray, max_dist_units: float
+) -> np.ndarray:
+    """Facial region of a GT scan without template uvs, through the fitted base mesh: ``[F_gt] bool``.
+
+    A GT face is in the region when its centroid lies within ``max_dist_units`` (capture units; the
+    caller converts DESIGN's 25 mm with ``25 / mm_per_unit``) of ``base_mesh`` and the uv of its
+    closest base-mesh point (barycentric interpolation of that base face's uvs) falls on a set texel
+    of ``mask [S, S] bool``. ``base_mesh`` must carry the template uvs.
+    """
+    mask = _check_mask(mask)
+    max_dist_units = _check_positive(max_dist_units, "max_dist_units")
+    if base_mesh.uvs is None or base_mesh.face_uvs is None:
+        raise ValueError("base mesh has no uvs; the fallback region needs the template uvs on the base mesh")
+    gv, gf = _check_mesh(gt_mesh.vertices, gt_mesh.faces, "GT mesh")
+    bv, bf = _check_mesh(base_mesh.vertices, base_mesh.faces, "base mesh")
+    centroids = gv[gf].mean(axis=1)
+    dist, closest, fidx = point_to_mesh(centroids, bv, bf)
+    bary = barycentric(closest, bv[bf[fidx]])
+    uv = np.einsum("pk,pkc->pc", bary, base_mesh.uvs[base_mesh.face_uvs[fidx]])
+    return (dist <= max_dist_units) & np.asarray(lookup_nearest(mask, uv), dtype=bool)
+
+
+# ------------------------------------------------------------------------------------- metrics
+
+
+def surface_metrics(
+    pred: Mesh,
+    gt: Mesh,
+    gt_region_faces: np.ndarray,
+    mm_per_unit: float,
+    n_samples: int = 200_000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Errors of a predicted mesh against a GT scan inside the facial region, in mm (DESIGN §6).
+
+    ``pred``, ``gt``: meshes in the same capture units; ``gt_region_faces [F_gt] bool`` (from
+    :func:`facial_region_from_uv` or :func:`facial_region_from_base`); ``mm_per_unit`` > 0;
+    ``n_samples`` points are drawn on the prediction (seed ``seed``) and on the GT region (seed
+    ``seed + 1``). Returns ``{key: float}`` with the keys of :data:`METRIC_KEYS` (see the module
+    docstring for each definition). Raises ValueError on an empty region, a prediction that does
+    not reach the region, NaN vertices or ``mm_per_unit <= 0``.
+    """
+    mm_per_unit = _check_positive(mm_per_unit, "mm_per_unit")
+    pv, pf = _check_mesh(pred.vertices, pred.faces, "prediction")
+    gv, gf = _check_mesh(gt.vertices, gt.faces, "ground truth")
+    region = np.asarray(gt_region_faces)
+    if region.dtype != bool or region.shape != (len(gf),):
+        raise ValueError(
+            f"gt_region_faces must be a bool array with one entry per GT face ({len(gf)}), "
+            f"got dtype {region.dtype} and shape {region.shape}"
+        )
+    region_idx = np.flatnonzero(region)
+    if len(region_idx) == 0:
+        raise ValueError("the facial region is empty: no GT face is inside the mask; check the mask and uvs")
+
+    # Accuracy: prediction samples -> whole GT, kept where the closest GT point is on a region face.
+    p_pts, p_face, p_bary = sample_surface(pv, pf, n_samples, seed)
+    d_acc, g_closest, g_face = point_to_mesh(p_pts, gv, gf)
+    keep = region[g_face]
+    if not keep.any():
+        raise ValueError("no prediction sample is closest to the facial region; the prediction misses the face")
+    acc_mm = d_acc[keep] * mm_per_unit
+
+    # Completeness: GT region samples -> whole prediction.
+    try:
+        g_pts, _, _ = sample_surface(gv, gf[region_idx], n_samples, seed + 1)
+    except ValueError as exc:
+        raise ValueError("the facial region of the GT scan has zero area") from exc
+    d_comp, _, _ = point_to_mesh(g_pts, pv, pf)
+    comp_mm = d_comp * mm_per_unit
+
+    # Normals at the accuracy samples: interpolated vertex normals on both sides, renormalised.
+    n_pred, ok_p = _normalise(_interpolate(vertex_normals(pv, pf), pf, p_face[keep], p_bary[keep]))
+    g_face_k = g_face[keep]
+    g_bary = barycentric(g_closest[keep], gv[gf[g_face_k]])
+    n_gt, ok_g = _normalise(_interpolate(vertex_normals(gv, gf), gf, g_face_k, g_bary))
+    ok = ok_p & ok_g
+    cross = np.linalg.norm(np.cross(n_pred[ok], n_gt[ok]), axis=1)
+    dot = np.einsum("ij,ij->i", n_pred[ok], n_gt[ok])
+    angle = np.degrees(np.arctan2(cross, dot))  # exact near 0 deg, unlike arccos
+
+    acc_mean = float(acc_mm.mean())
+    comp_mean = float(comp_mm.mean())
+    out = {
+        "accuracy_mean_mm": acc_mean,
+        "accuracy_median_mm": float(np.median(acc_mm)),
+        "completeness_mean_mm": comp_mean,
+        "chamfer_mm": 0.5 * (acc_mean + comp_mean),
+    }
+    for key, thr in THRESHOLDS_MM.items():
+        out[key] = float(100.0 * np.mean(acc_mm <= thr))
+    out["normal_error_deg"] = float(angle.mean()) if len(angle) else float("nan")
+    return out
+
+
+# ----------------------------------------------------------------------------- aggregation, output
+
+
+def aggregate(per_face: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict[str, dict[str, float]]:
+    """Mean over faces, per stage and metric: ``{face_id: {stage: {metric: v}}} -> {stage: {metric: mean}}``.
+
+    A face without a stage (or a stage without a metric) is skipped for that mean; NaN values are
+    skipped too. Stages come out in pipeline order (base, if, reg, meso, then others by name).
+    """
+    sums: dict[str, dict[str, list[float]]] = {}
+    for face_id, stages in per_face.items():
+        if not isinstance(stages, Mapping):
+            raise ValueError(f"metrics of face {face_id} must be a dict stage -> metrics, got {type(stages).__name__}")
+        for stage, metrics in stages.items():
+            if not isinstance(metrics, Mapping):
+                raise ValueError(f"metrics of face {face_id}, stage {stage} must be a dict, got {type(metrics).__name__}")
+            for key, value in metrics.items():
+                value = float(value)
+                if math.isfinite(value):
+                    sums.setdefault(stage, {}).setdefault(key, []).append(value)
+    out: dict[str, dict[str, float]] = {}
+    for stage in _ordered_stages(sums):
+        keys = [k for k in METRIC_KEYS if k in sums[stage]] + sorted(set(sums[stage]) - set(METRIC_KEYS))
+        out[stage] = {k: float(np.mean(sums[stage][k])) for k in keys}
+    return out
+
+
+def _ordered_stages(stages) -> list[str]:
+    stages = list(stages)
+    return [s for s in STAGE_ORDER if s in stages] + sorted(s for s in stages if s not in STAGE_ORDER)
+
+
+def metrics_document(per_face: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict:
+    """The ``eval/metrics.json`` document: ``{"faces": per_face, "mean": aggregate(per_face)}``.
+
+    Faces are sorted by id; values are plain Python floats (JSON-ready).
+    """
+    faces = {
+        str(fid): {stage: {k: float(v) for k, v in m.items()} for stage, m in per_face[fid].items()}
+        for fid in sorted(per_face)
+    }
+    return {"faces": faces, "mean": aggregate(faces)}
+
+
+def write_metrics_json(path: str | os.PathLike, per_face: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict:
+    """Write :func:`metrics_document` of ``per_face`` to ``path`` atomically; returns the document."""
+    doc = metrics_document(per_face)
+    save_json(path, doc)
+    return doc
+
+
+def format_table(mean: Mapping[str, Mapping[str, float]], precision: int = 3) -> str:
+    """Plain-text table of ``mean`` (``{stage: {metric: value}}``): stages as rows, metrics as columns.
+
+    Rows follow base, if, reg, meso (others after, by name); columns follow :data:`METRIC_KEYS`
+    (others after, by name). A missing value prints as ``-``.
+    """
+    stages = _ordered_stages(mean)
+    present = set().union(*(mean[s].keys() for s in stages)) if stages else set()
+    cols = [k for k in METRIC_KEYS if k in present] + sorted(present - set(METRIC_KEYS))
+    header = ["stage"] + cols
+    rows = [
+        [stage] + [f"{mean[stage][k]:.{precision}f}" if k in mean[stage] else "-" for k in cols]
+        for stage in stages
+    ]
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in [header] + rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
