@@ -96,6 +96,13 @@ def add_mkdirs_options(p: argparse.ArgumentParser) -> None:
     pass
 
 
+def add_evaluate_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("evaluate")
+    g.add_argument("--stages", nargs="+", default=["base", "if", "reg", "meso"], choices=("base", "if", "reg", "meso"),
+                   help="stages to evaluate (those with an output)")
+    g.add_argument("--n_samples", type=int, default=200_000, help="surface samples per mesh and direction")
+
+
 STAGES: dict[str, tuple[str, list[Callable[[argparse.ArgumentParser], None]]]] = {
     "mkdirs": ("Create the DATA_FOLDER tree.", [add_mkdirs_options]),
     "preprocess_images": ("RAW capture -> DATA_FOLDER/images (undistort, resize, K update).", [add_preprocess_options]),
@@ -105,6 +112,7 @@ STAGES: dict[str, tuple[str, list[Callable[[argparse.ArgumentParser], None]]]] =
     "train_reg": ("Train the 3D-CNN regulariser.", [add_maps_options, add_if_options, add_reg_options]),
     "eval_reg": ("Run the regulariser: refined maps and meshes.", [add_maps_options, add_if_options, add_reg_options]),
     "gen_tex": ("Blend the views into a UV texture.", [add_preprocess_options, add_maps_options, add_tex_options]),
+    "evaluate": ("Per-stage metrics in mm against the ground-truth scans.", [add_evaluate_options]),
 }
 
 

@@ -254,7 +254,7 @@ def surface_metrics(
     d_acc, g_closest, g_face = point_to_mesh(p_pts, gv, gf)
     keep = region[g_face]
     if not keep.any():
-        raise ValueError("no prediction sample is closest to the facial region; the prediction misses the face")
+        raise ValueError("no prediction sample is closest to the facial region (prediction misses the face)")
     acc_mm = d_acc[keep] * mm_per_unit
 
     # Completeness: GT region samples -> whole prediction.
@@ -292,7 +292,10 @@ def surface_metrics(
 # ----------------------------------------------------------------------------- aggregation, output
 
 
-def aggregate(per_face: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict[str, dict[str, float]]:
+PerFace = Mapping[str, Mapping[str, Mapping[str, float]]]  # {face_id: {stage: {metric: value}}}
+
+
+def aggregate(per_face: PerFace) -> dict[str, dict[str, float]]:
     """Mean over faces, per stage and metric: ``{face_id: {stage: {metric: v}}} -> {stage: {metric: mean}}``.
 
     A face without a stage (or a stage without a metric) is skipped for that mean; NaN values are
@@ -301,10 +304,14 @@ def aggregate(per_face: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict
     sums: dict[str, dict[str, list[float]]] = {}
     for face_id, stages in per_face.items():
         if not isinstance(stages, Mapping):
-            raise ValueError(f"metrics of face {face_id} must be a dict stage -> metrics, got {type(stages).__name__}")
+            raise ValueError(
+                f"metrics of face {face_id} must be a dict stage -> metrics, got {type(stages).__name__}"
+            )
         for stage, metrics in stages.items():
             if not isinstance(metrics, Mapping):
-                raise ValueError(f"metrics of face {face_id}, stage {stage} must be a dict, got {type(metrics).__name__}")
+                raise ValueError(
+                    f"metrics of face {face_id}, stage {stage} must be a dict, got {type(metrics).__name__}"
+                )
             for key, value in metrics.items():
                 value = float(value)
                 if math.isfinite(value):
@@ -321,7 +328,7 @@ def _ordered_stages(stages) -> list[str]:
     return [s for s in STAGE_ORDER if s in stages] + sorted(s for s in stages if s not in STAGE_ORDER)
 
 
-def metrics_document(per_face: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict:
+def metrics_document(per_face: PerFace) -> dict:
     """The ``eval/metrics.json`` document: ``{"faces": per_face, "mean": aggregate(per_face)}``.
 
     Faces are sorted by id; values are plain Python floats (JSON-ready).
@@ -333,7 +340,7 @@ def metrics_document(per_face: Mapping[str, Mapping[str, Mapping[str, float]]]) 
     return {"faces": faces, "mean": aggregate(faces)}
 
 
-def write_metrics_json(path: str | os.PathLike, per_face: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict:
+def write_metrics_json(path: str | os.PathLike, per_face: PerFace) -> dict:
     """Write :func:`metrics_document` of ``per_face`` to ``path`` atomically; returns the document."""
     doc = metrics_document(per_face)
     save_json(path, doc)
@@ -355,6 +362,9 @@ def format_table(mean: Mapping[str, Mapping[str, float]], precision: int = 3) ->
         for stage in stages
     ]
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in [header] + rows]
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        for r in [header] + rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

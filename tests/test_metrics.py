@@ -115,8 +115,13 @@ def test_tilted_plane_gives_normal_error_of_the_tilt():
     pred = Mesh(pred.vertices @ rot.T, pred.faces)
     m = metrics.surface_metrics(pred, gt, all_faces(gt), mm_per_unit=1.0, n_samples=N)
     assert m["normal_error_deg"] == pytest.approx(10.0, abs=1e-6)
-    # Accuracy of a plane tilted by a about its centre: mean |x sin a| over x uniform in [-cos a, cos a].
-    assert m["accuracy_mean_mm"] == pytest.approx(0.5 * np.cos(a) * np.sin(a), rel=0.03)
+    # A point at signed distance s in [-1, 1] from the tilt axis (uniform by area) is |s| sin a from GT.
+    assert m["accuracy_mean_mm"] == pytest.approx(0.5 * np.sin(a), rel=0.02)
+    assert m["accuracy_median_mm"] == pytest.approx(0.5 * np.sin(a), rel=0.03)
+    # At 5 mm per unit the distances are uniform in [0, 5 sin a] = [0, 0.868] mm.
+    m5 = metrics.surface_metrics(pred, gt, all_faces(gt), mm_per_unit=5.0, n_samples=N)
+    assert m5["pct_within_0.5mm"] == pytest.approx(100 * 0.5 / (5 * np.sin(a)), abs=1.5)
+    assert m5["pct_within_1mm"] == 100.0
     # A flipped prediction reads 180 degrees: orientation counts.
     flipped = Mesh(gt.vertices, gt.faces[:, ::-1])
     assert metrics.surface_metrics(flipped, gt, all_faces(gt), 1.0, n_samples=2000)["normal_error_deg"] == (
