@@ -29,6 +29,7 @@ from mvfr.datafolder import DataError, DataFolder, face_id, parse_face_id
 
 log = logging.getLogger(__name__)
 
+SUMMARY_FILE_ENV = "MVFR_SUMMARY_FILE"
 FACE_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, KeyError)
 # CameraError and DataError are ValueErrors; a stage may pass a wider tuple to run_faces.
 
@@ -42,6 +43,11 @@ class StageSummary:
 
     def exit_code(self) -> int:
         return 1 if self.failed else 0
+
+    def save(self, path: str | os.PathLike) -> None:
+        from mvfr.atomic_io import save_json
+
+        save_json(path, dataclasses.asdict(self))
 
     def report(self) -> str:
         lines = [f"{self.stage}: {len(self.done)} done, {len(self.skipped)} skipped (outputs exist), {len(self.failed)} failed"]
@@ -92,4 +98,6 @@ def run_faces(
         summary.done.append(fid)
     bar.close()
     print(summary.report(), file=sys.stderr)
+    if os.environ.get(SUMMARY_FILE_ENV):  # set by run_pipeline.py to collect every stage's summary
+        summary.save(os.environ[SUMMARY_FILE_ENV])
     return summary
