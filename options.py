@@ -74,11 +74,22 @@ def add_reg_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reg_learning_rate", type=float, default=1e-3, help="Adam learning rate of the regulariser")
     g.add_argument("--reg_training_epoch", type=int, default=20, help="training epochs of the regulariser")
     g.add_argument("--reg_checkpoint", type=str, default="predefine_data/checkpoint_reg.pt", help="checkpoint to evaluate")
+    g.add_argument("--reg_levels", type=int, default=3, help="down-sampling levels of the 3D U-Net")
+    g.add_argument("--reg_crop_size", type=int, default=32, help="training patches are D x crop x crop, in texels")
+    g.add_argument("--reg_batch_size", type=int, default=4, help="patches per training step")
+    g.add_argument("--reg_steps_per_epoch", type=int, default=100, help="training steps per epoch")
+    g.add_argument("--reg_max_minutes", type=float, default=0.0, help="stop training after this many minutes (0 = no limit)")
+    g.add_argument("--reg_resume", type=str, default="auto", help="auto = newest checkpoint in DATA/checkpoints/reg, none = start afresh, or a path")
+    g.add_argument("--reg_tile", type=int, default=64, help="inference tile side, in texels (bounds memory)")
+    g.add_argument("--reg_overlap", type=int, default=16, help="extra texels on each side of an inference tile")
 
 
 def add_tex_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("texture")
     g.add_argument("--tex_uv_size", type=int, default=1024, help="side of the blended UV texture, in texels")
+    g.add_argument("--tex_power", type=float, default=2.0, help="view weight = cos(normal, view ray) ** power")
+    g.add_argument("--tex_min_cos", type=float, default=0.1, help="views seeing a point at a cosine below this get no weight")
+    g.add_argument("--tex_exclude_views", type=str, nargs="*", default=[], help="view names left out of blending (e.g. to test on them)")
 
 
 def add_synthetic_options(p: argparse.ArgumentParser) -> None:
@@ -90,6 +101,12 @@ def add_synthetic_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image_long_side", type=int, default=1296, help="long side of the rendered images, in pixels")
     g.add_argument("--num_eval_ids", type=int, default=1, help="identities put in the eval split of id.json")
     g.add_argument("--seed", type=int, default=0, help="random seed (the dataset is deterministic for a seed)")
+    g.add_argument("--first_id", type=int, default=1, help="person id of the first identity (FaceScape ids start at 1)")
+    g.add_argument("--num_invalid_views", type=int, default=1, help="views per capture marked '<v>_valid': false")
+    g.add_argument("--distorted_fraction", type=float, default=0.5, help="fraction of cameras with lens distortion applied to the image")
+    g.add_argument("--dpmap_size", type=int, default=1024, help="side of the ground-truth mesoscopic displacement map, in texels")
+    g.add_argument("--albedo_size", type=int, default=1024, help="side of the per-person UV albedo used for rendering, in texels")
+    g.add_argument("--overwrite", action="store_true", help="regenerate captures whose params.json already exists")
 
 
 def add_mkdirs_options(p: argparse.ArgumentParser) -> None:
@@ -103,6 +120,35 @@ def add_evaluate_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--n_samples", type=int, default=200_000, help="surface samples per mesh and direction")
 
 
+def add_dpmap_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("mesoscopic detail (dpmap_pred/)")
+    g.add_argument("--dp_ngf", type=int, default=16, help="generator channels after the stem (pix2pixHD ngf; paper: 64)")
+    g.add_argument("--dp_n_downsample", type=int, default=3, help="stride-2 downsamplings of the generator (paper: 4)")
+    g.add_argument("--dp_n_blocks", type=int, default=6, help="residual blocks of the generator (paper: 9)")
+    g.add_argument("--dp_max_mm", type=float, default=1.0, help="output range of the network: +-mm (max_mm * tanh)")
+    g.add_argument("--dp_use_uv", action=argparse.BooleanOptionalAction, default=True,
+                   help="append the texel's template uv to the network input (wrinkles sit at typical places)")
+    g.add_argument("--dp_size", type=int, default=512, help="side of the displacement map and of the texture fed to the network, in texels")
+    g.add_argument("--dp_crop", type=int, default=128, help="side of the random training crops, in texels of --dp_size")
+    g.add_argument("--dp_batch_size", type=int, default=4, help="crops per training step")
+    g.add_argument("--dp_learning_rate", type=float, default=5e-4, help="Adam learning rate of the generator (and discriminator)")
+    g.add_argument("--dp_steps", type=int, default=1500, help="training steps (the learning rate decays linearly over the last half)")
+    g.add_argument("--dp_lambda_grad", type=float, default=1.0, help="weight of the L1 loss on finite-difference gradients (per texel, mm)")
+    g.add_argument("--dp_lambda_gan", type=float, default=0.0, help="weight of the LSGAN adversarial term (0 = off)")
+    g.add_argument("--dp_ndf", type=int, default=32, help="channels of the PatchGAN discriminator (with --dp_lambda_gan > 0)")
+    g.add_argument("--dp_log_every", type=int, default=25, help="steps between log lines")
+    g.add_argument("--dp_save_every", type=int, default=250, help="steps between checkpoints")
+    g.add_argument("--dp_resume", type=str, default="auto", help="checkpoint to resume: auto = latest in DATA/checkpoints/dpmap, none = start afresh, or a path")
+    g.add_argument("--dp_checkpoint", type=str, default="predefine_data/checkpoint_dpmap.pt", help="generator checkpoint used by main.py")
+    g.add_argument("--dp_mask_feather", type=float, default=4.0, help="main.py: the prediction is faded to 0 outside the facial mask over this many texels (0 = no masking, negative = keep everything)")
+    g.add_argument("--input", type=str, default=None, help="main.py: folder of UV textures (*.png/*.jpg) instead of --dataroot (original release's interface)")
+    g.add_argument("--output", type=str, default=None, help="main.py: folder for the displacement maps of --input")
+    g.add_argument("--dp_subdiv_levels", type=int, default=-1, help="dpmap2mesh: Loop subdivision levels of the reg mesh (-1 = enough for one vertex per displacement texel, at most 3)")
+    g.add_argument("--dp_mesh", type=str, default=None, help="dpmap2mesh: mesh to displace instead of DATA/pred/reg_mesh (with --dp_map and --output)")
+    g.add_argument("--dp_map", type=str, default=None, help="dpmap2mesh: displacement PNG to apply to --dp_mesh")
+    g.add_argument("--dp_mm_per_unit", type=float, default=None, help="dpmap2mesh: millimetres per mesh unit for --dp_mesh (default 1.0)")
+
+
 STAGES: dict[str, tuple[str, list[Callable[[argparse.ArgumentParser], None]]]] = {
     "mkdirs": ("Create the DATA_FOLDER tree.", [add_mkdirs_options]),
     "preprocess_images": ("RAW capture -> DATA_FOLDER/images (undistort, resize, K update).", [add_preprocess_options]),
@@ -113,6 +159,9 @@ STAGES: dict[str, tuple[str, list[Callable[[argparse.ArgumentParser], None]]]] =
     "eval_reg": ("Run the regulariser: refined maps and meshes.", [add_maps_options, add_if_options, add_reg_options]),
     "gen_tex": ("Blend the views into a UV texture.", [add_preprocess_options, add_maps_options, add_tex_options]),
     "evaluate": ("Per-stage metrics in mm against the ground-truth scans.", [add_evaluate_options]),
+    "dpmap_train": ("Train the texture -> mesoscopic displacement network.", [add_tex_options, add_dpmap_options]),
+    "dpmap_main": ("Predict mesoscopic displacement maps from UV textures.", [add_tex_options, add_dpmap_options]),
+    "dpmap2mesh": ("Subdivide the reg mesh and displace it by the predicted displacement map.", [add_tex_options, add_dpmap_options]),
 }
 
 

@@ -1,0 +1,101 @@
+"""Dense 2D face landmarks: MediaPipe FaceLandmarker (Tasks API) with ``predefine_data/face_landmarker_v2.task``.
+
+The model predicts 478 points; the first 468 are the vertices of the template (vertex i = landmark
+i), the other 10 are iris points and are dropped. Landmarks are returned in pixels of the image
+passed in (pixel (0, 0) = centre of the top-left pixel, DESIGN §3).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from mvfr.template import LANDMARK_MODEL, NUM_LANDMARKS
+
+log = logging.getLogger(__name__)
+
+os.environ.setdefault("GLOG_minloglevel", "2")
+
+
+class FaceLandmarkDetector:
+    """A FaceLandmarker created once and reused for many images.
+
+    ``detect(image)`` takes an RGB uint8 image ``[H, W, 3]`` and returns ``(landmarks, score)``:
+    ``landmarks [468, 2]`` float64 pixels of that image, or ``None`` when no face is found, and
+    ``score`` in [0, 1]. The Tasks API exposes no confidence, so ``score`` is the fraction of the
+    468 landmarks that fall inside the image (0.0 when no face is found).
+
+    Images whose long side exceeds ``max_side`` pixels are detected on a resized copy (the model
+    works at 256 x 256 internally) and the landmarks are mapped back to the full image.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike | None = None,
+        max_side: int = 1024,
+        min_detection_confidence: float = 0.5,
+        min_presence_confidence: float = 0.5,
+    ):
+        from mediapipe.tasks.python import BaseOptions, vision
+
+        path = Path(model_path or LANDMARK_MODEL)
+        if not path.is_file():
+            raise FileNotFoundError(f"landmark model {path} does not exist; it ships in predefine_data/ (see README)")
+        options = vision.FaceLandmarkerOptions(
+            base_options=BaseOptions(model_asset_path=str(path)),
+            running_mode=vision.RunningMode.IMAGE,
+            num_faces=1,
+            min_face_detection_confidence=min_detection_confidence,
+            min_face_presence_confidence=min_presence_confidence,
+        )
+        self._landmarker = vision.FaceLandmarker.create_from_options(options)
+        self.max_side = int(max_side)
+        atexit.register(self.close)
+
+    def detect(self, image: np.ndarray) -> tuple[np.ndarray | None, float]:
+        """``image [H, W, 3]`` RGB uint8 -> ``(landmarks [468, 2] pixels or None, score)``."""
+        import cv2
+        import mediapipe as mp
+
+        if self._landmarker is None:
+            raise RuntimeError("FaceLandmarkDetector was closed")
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"detect expects an RGB uint8 image [H, W, 3], got {image.dtype} {image.shape}")
+        H, W = image.shape[:2]
+        small = image
+        if max(H, W) > self.max_side:
+            s = self.max_side / max(H, W)
+            small = cv2.resize(image, (max(1, round(W * s)), max(1, round(H * s))), interpolation=cv2.INTER_AREA)
+        result = self._landmarker.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(small)))
+        if not result.face_landmarks:
+            return None, 0.0
+        pts = result.face_landmarks[0][:NUM_LANDMARKS]
+        norm = np.array([[p.x, p.y] for p in pts], dtype=np.float64)
+        # normalised coordinates span the image extent: 0 = left/top edge, 1 = right/bottom edge
+        pix = norm * np.array([W, H]) - 0.5
+        inside = (pix[:, 0] >= -0.5) & (pix[:, 0] <= W - 0.5) & (pix[:, 1] >= -0.5) & (pix[:, 1] <= H - 0.5)
+        return pix, float(inside.mean())
+
+    def close(self) -> None:
+        if getattr(self, "_landmarker", None) is not None:
+            try:
+                self._landmarker.close()
+            except Exception:  # pragma: no cover - mediapipe at interpreter shutdown
+                pass
+            self._landmarker = None
+
+    def __enter__(self) -> "FaceLandmarkDetector":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def inter_ocular_distance(landmarks: np.ndarray) -> float:
+    """Distance between the outer eye corners (landmarks 33 and 263) of ``landmarks [468, D]``."""
+    return float(np.linalg.norm(np.asarray(landmarks)[33] - np.asarray(landmarks)[263]))

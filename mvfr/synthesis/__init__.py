@@ -1,0 +1,1 @@
+"""Synthetic FaceScape-layout captures with exact ground truth (see gen_synthetic.py)."""
