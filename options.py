@@ -113,6 +113,11 @@ def add_mkdirs_options(p: argparse.ArgumentParser) -> None:
     pass
 
 
+def add_report_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("make_report")
+    g.add_argument("--report_faces", type=int, default=4, help="faces shown in the report")
+
+
 def add_evaluate_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("evaluate")
     g.add_argument("--stages", nargs="+", default=["base", "if", "reg", "meso"], choices=("base", "if", "reg", "meso"),
@@ -134,6 +139,7 @@ def add_dpmap_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dp_learning_rate", type=float, default=5e-4, help="Adam learning rate of the generator (and discriminator)")
     g.add_argument("--dp_steps", type=int, default=1500, help="training steps (the learning rate decays linearly over the last half)")
     g.add_argument("--dp_lambda_grad", type=float, default=1.0, help="weight of the L1 loss on finite-difference gradients (per texel, mm)")
+    g.add_argument("--dp_loss_levels", type=int, default=4, help="scales of the average pyramid the L1 and gradient losses are averaged over (1 = full resolution only)")
     g.add_argument("--dp_lambda_gan", type=float, default=0.0, help="weight of the LSGAN adversarial term (0 = off)")
     g.add_argument("--dp_ndf", type=int, default=32, help="channels of the PatchGAN discriminator (with --dp_lambda_gan > 0)")
     g.add_argument("--dp_log_every", type=int, default=25, help="steps between log lines")
@@ -159,6 +165,7 @@ STAGES: dict[str, tuple[str, list[Callable[[argparse.ArgumentParser], None]]]] =
     "eval_reg": ("Run the regulariser: refined maps and meshes.", [add_maps_options, add_if_options, add_reg_options]),
     "gen_tex": ("Blend the views into a UV texture.", [add_preprocess_options, add_maps_options, add_tex_options]),
     "evaluate": ("Per-stage metrics in mm against the ground-truth scans.", [add_evaluate_options]),
+    "make_report": ("Write the visual report eval/report/index.html.", [add_report_options]),
     "dpmap_train": ("Train the texture -> mesoscopic displacement network.", [add_tex_options, add_dpmap_options]),
     "dpmap_main": ("Predict mesoscopic displacement maps from UV textures.", [add_tex_options, add_dpmap_options]),
     "dpmap2mesh": ("Subdivide the reg mesh and displace it by the predicted displacement map.", [add_tex_options, add_dpmap_options]),

@@ -1,0 +1,205 @@
+"""The visual report: ``eval/report/index.html`` with PNG figures beside it.
+
+Per face: input views with the detected landmarks; the base, IF, reg and meso surfaces rendered
+shaded from the same viewpoint; per-stage error heat maps on the surface (distance to the
+ground-truth scan, in mm) with a colour bar. Then the metrics table and the training loss curves.
+Pictures are rendered offscreen with :mod:`mvfr.render` (moderngl, EGL).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from mvfr.atomic_io import load_image, save_image, save_text
+from mvfr.camera import scale_camera
+from mvfr.capture import load_capture
+from mvfr.datafolder import DataFolder, RawFolder
+from mvfr.evaluation import stage_outputs
+from mvfr.mesh_io import read_mesh, vertex_normals
+from mvfr.metrics import METRIC_KEYS, STAGE_ORDER, point_to_mesh
+from mvfr.render import Lighting, Renderer, RenderMesh
+
+log = logging.getLogger(__name__)
+
+HEAT_MAX_MM = 1.0  # colour-bar range of the error heat maps, 0 .. HEAT_MAX_MM
+STAGE_TITLES = {"base": "base mesh", "if": "implicit function", "reg": "regularised", "meso": "mesoscopic"}
+
+
+def heat_colors(values_mm: np.ndarray, vmax: float = HEAT_MAX_MM) -> np.ndarray:
+    """Per-vertex error in mm -> linear RGB [N, 3] in [0, 1] through matplotlib's 'inferno' map."""
+    from matplotlib import colormaps
+
+    rgb = colormaps["inferno"](np.clip(values_mm / vmax, 0, 1))[:, :3]
+    return rgb**2.2  # the renderer shades in linear space and encodes with gamma 2.2
+
+
+def render_mesh(vertices, faces, K, Rt, width, height, colors=None) -> np.ndarray:
+    """Shaded picture of a mesh, uint8 [H, W, 3] on white; ``colors`` linear RGB per vertex (grey without)."""
+    vertices = np.asarray(vertices, dtype=np.float64)
+    faces = np.asarray(faces)
+    if colors is None:
+        colors = np.full((len(vertices), 3), 0.72**2.2)
+    r = Renderer()
+    try:
+        r.set_mesh(RenderMesh(vertices, faces, vertex_normals(vertices, faces), colors=colors))
+        light = Lighting(spec_strength=0.04) if colors is not None else Lighting()
+        rgb, alpha = r.render(K, Rt, width, height, light)
+    finally:
+        r.release()
+    out = rgb + (1 - alpha[..., None])
+    return np.clip(out * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
+def crop_to_content(images: list[np.ndarray], pad: int = 8) -> list[np.ndarray]:
+    """Crop every image to the union bounding box of their non-white pixels (same box for all)."""
+    mask = np.zeros(images[0].shape[:2], bool)
+    for im in images:
+        mask |= (im < 250).any(-1)
+    if not mask.any():
+        return images
+    ys, xs = np.nonzero(mask)
+    y0, y1 = max(ys.min() - pad, 0), min(ys.max() + pad + 1, mask.shape[0])
+    x0, x1 = max(xs.min() - pad, 0), min(xs.max() + pad + 1, mask.shape[1])
+    return [im[y0:y1, x0:x1] for im in images]
+
+
+def label(image: np.ndarray, text: str) -> np.ndarray:
+    """The image with a caption strip above it."""
+    strip = np.full((28, image.shape[1], 3), 255, np.uint8)
+    cv2.putText(strip, text, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (20, 20, 20), 1, cv2.LINE_AA)
+    return np.concatenate([strip, image], 0)
+
+
+def hstack(images: list[np.ndarray]) -> np.ndarray:
+    h = max(im.shape[0] for im in images)
+    padded = [np.pad(im, ((0, h - im.shape[0]), (0, 4), (0, 0)), constant_values=255) for im in images]
+    return np.concatenate(padded, 1)
+
+
+def colorbar_png(path: Path, vmax: float = HEAT_MAX_MM) -> None:
+    """A horizontal colour bar for the heat maps, labelled in mm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib import cm, colors
+
+    fig, ax = plt.subplots(figsize=(5, 0.7), dpi=120)
+    fig.subplots_adjust(bottom=0.55, top=0.95, left=0.05, right=0.95)
+    sm = cm.ScalarMappable(norm=colors.Normalize(0, vmax), cmap="inferno")
+    cb = fig.colorbar(sm, cax=ax, orientation="horizontal")
+    cb.set_label(f"distance to the ground-truth scan (mm; >= {vmax:g} saturates)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def landmark_figure(folder: DataFolder, fid: str, max_views: int = 3, long_side: int = 480) -> np.ndarray | None:
+    """Input views with their detected landmarks (green), side by side; None without landmarks."""
+    path = folder.landmarks(fid)
+    if not path.is_file():
+        return None
+    rec = json.loads(path.read_text())
+    tiles = []
+    for view in rec.get("views", [])[:max_views]:
+        det = rec["detections"].get(view, {})
+        img = load_image(folder.image(fid, view))
+        s = long_side / max(img.shape[:2])
+        small = cv2.resize(img, (round(img.shape[1] * s), round(img.shape[0] * s)), interpolation=cv2.INTER_AREA)
+        for x, y in det.get("landmarks_px") or []:
+            cv2.circle(small, (int(round((x + 0.5) * s - 0.5)), int(round((y + 0.5) * s - 0.5))), 1, (0, 230, 0), -1)
+        tiles.append(label(small, f"view {view}" + ("" if det.get("landmarks_px") else " (no face found)")))
+    return hstack(tiles) if tiles else None
+
+
+def surface_figures(folder: DataFolder, raw: RawFolder, fid: str, size: int = 900) -> tuple[np.ndarray, np.ndarray] | None:
+    """(shaded surfaces, error heat maps) of every stage with an output, from the first view's camera."""
+    outputs = {s: p for s, p in stage_outputs(folder, fid).items() if p.is_file()}
+    if not outputs:
+        return None
+    cap = load_capture(folder, fid, with_images=False)
+    cam = cap.cameras[0]
+    s = size / max(cam.width, cam.height)
+    cam = scale_camera(cam, round(cam.width * s), round(cam.height * s))
+    gt = read_mesh(raw.scan(fid)) if raw.scan(fid).is_file() else None
+    shaded, heat, titles = [], [], []
+    for stage in STAGE_ORDER:
+        if stage not in outputs:
+            continue
+        mesh = read_mesh(outputs[stage])
+        shaded.append(render_mesh(mesh.vertices, mesh.faces, cam.K, cam.Rt, cam.width, cam.height))
+        if gt is not None:
+            dist, _, _ = point_to_mesh(mesh.vertices, gt.vertices, gt.faces)
+            heat.append(render_mesh(mesh.vertices, mesh.faces, cam.K, cam.Rt, cam.width, cam.height, heat_colors(dist * cap.mm_per_unit)))
+        titles.append(STAGE_TITLES[stage])
+    shaded = crop_to_content(shaded)
+    row1 = hstack([label(im, t) for im, t in zip(shaded, titles)])
+    row2 = hstack([label(im, t + " error") for im, t in zip(crop_to_content(heat), titles)]) if heat else None
+    return row1, row2
+
+
+def metrics_table_html(doc: dict) -> str:
+    keys = list(METRIC_KEYS)
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in ["face", "stage", *keys])
+    rows = []
+    for fid, stages in [("mean", doc.get("mean", {}))] + sorted(doc.get("faces", {}).items()):
+        for stage in STAGE_ORDER:
+            if stage in stages:
+                cells = "".join(f"<td>{stages[stage].get(k, float('nan')):.3f}</td>" for k in keys)
+                cls = ' class="mean"' if fid == "mean" else ""
+                rows.append(f"<tr{cls}><td>{fid}</td><td>{stage}</td>{cells}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 24px; color: #222; max-width: 1800px; }
+h1 { font-size: 1.6em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; font-size: 0.85em; }
+td, th { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
+th { background: #f3f3f3; } tr.mean td { font-weight: bold; background: #fafae8; }
+img { max-width: 100%; border: 1px solid #eee; margin: 4px 0; }
+.note { color: #666; font-size: 0.9em; }
+"""
+
+
+def write_report(folder: DataFolder, raw: RawFolder, face_ids: list[str], max_faces: int = 4) -> Path:
+    """Write ``eval/report/index.html`` and its PNGs; returns the HTML path."""
+    out = folder.report_dir
+    out.mkdir(parents=True, exist_ok=True)
+    parts = [f"<h1>mvfr report: {html.escape(str(folder.root))}</h1>"]
+    if folder.metrics_json.is_file():
+        doc = json.loads(folder.metrics_json.read_text())
+        parts.append("<h2>Metrics (mm; normal error in degrees)</h2>" + metrics_table_html(doc))
+        parts.append('<p class="note">Facial region of the ground-truth scan; accuracy = prediction to scan, '
+                     "completeness = scan to prediction, chamfer = their mean (DESIGN §6).</p>")
+    colorbar_png(out / "colorbar.png")
+    for fid in face_ids[:max_faces]:
+        parts.append(f"<h2>Face {fid}</h2>")
+        lm = landmark_figure(folder, fid)
+        if lm is not None:
+            save_image(out / f"{fid}_landmarks.png", lm)
+            parts.append(f'<p>Input views and detected landmarks</p><img src="{fid}_landmarks.png">')
+        figs = surface_figures(folder, raw, fid)
+        if figs is not None:
+            save_image(out / f"{fid}_surfaces.png", figs[0])
+            parts.append(f'<p>Surfaces, same viewpoint</p><img src="{fid}_surfaces.png">')
+            if figs[1] is not None:
+                save_image(out / f"{fid}_errors.png", figs[1])
+                parts.append(f'<p>Distance of each vertex to the scan</p><img src="{fid}_errors.png"><br><img src="colorbar.png">')
+    curves = sorted(folder.root.glob("logs/*/*.png"))
+    if curves:
+        parts.append("<h2>Training curves</h2>")
+        for c in curves:
+            name = f"curve_{c.parent.name}_{c.name}"
+            shutil.copyfile(c, out / name)
+            parts.append(f'<p>{html.escape(c.parent.name)}</p><img src="{name}">')
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>mvfr report</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
+    save_text(out / "index.html", page)
+    return out / "index.html"
