@@ -1,0 +1,144 @@
+"""Stage 1: landmarks -> robust triangulation -> template fit -> UV maps (and, for training, mv_map).
+
+    python gen_maps.py --dataroot DATA --facescape_dataroot RAW --split train|eval
+
+Per face ``PPP_EE`` it writes (DESIGN §4; lengths in capture units):
+  landmarks/PPP_EE.json                 per-view 2D landmarks and scores, 3D landmarks, views used/outliers,
+                                        reprojection errors (see mvfr.triangulation)
+  fit_mesh/fit_mesh_PPP_EE.obj          base mesh: template fitted and Loop-subdivided, with vt (template uv)
+  maps/<split>/pos_map/pos_map_PPP_EE.npy     [S, S, 3] float32
+  maps/<split>/norm_map/norm_map_PPP_EE.npy   [S, S, 3] float32 unit outward normals
+  --split train only (reads the ground-truth scan RAW/mesh/...; --split eval never does):
+  maps/train/mv_map/mv_map_PPP_EE.npy         [S, S] float32 signed distance to the scan along the normal
+  maps/train/valid_map/valid_map_PPP_EE.npy   [S, S] bool (hit within --search_range_mm AND facial mask)
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import numpy as np
+
+from mvfr.atomic_io import save_npy
+from mvfr.base_maps import base_maps, ground_truth_maps
+from mvfr.capture import load_capture
+from mvfr.datafolder import DataFolder, RawFolder
+from mvfr.fitting import reconstruct_base_mesh
+from mvfr.mesh_io import read_mesh, write_obj
+from mvfr.runtime import start_stage
+from mvfr.stage import run_faces, select_face_ids
+from mvfr.template import load_template
+from mvfr.triangulation import landmark_record, save_landmarks, triangulation_summary
+from mvfr.uv_rasterizer import build_uv_table, load_facial_mask
+
+log = logging.getLogger("gen_maps")
+
+
+class MapMaker:
+    """Everything loaded once per run (detector, template, UV table of the subdivided template)."""
+
+    def __init__(self, opt, detector=None):
+        self.opt = opt
+        self.folder = DataFolder(opt.dataroot)
+        self.raw = RawFolder(opt.facescape_dataroot)
+        self.template = load_template()
+        if detector is None:
+            from mvfr.landmarks import FaceLandmarkDetector
+
+            detector = FaceLandmarkDetector()
+        self.detector = detector
+        self.mask = load_facial_mask(opt.uv_size)
+        self._table = None
+        self.timings: dict[str, list[float]] = {}
+
+    def table(self, mesh):
+        """UV table of the base-mesh topology (the same for every face: built once)."""
+        if self._table is None:
+            self._table = build_uv_table(mesh.uvs, mesh.face_uvs, self.opt.uv_size)
+        return self._table
+
+    def outputs(self, fid: str) -> list:
+        names = ["pos_map", "norm_map"] + (["mv_map", "valid_map"] if self.opt.split == "train" else [])
+        return [self.folder.fit_mesh(fid), self.folder.landmarks(fid)] + [
+            self.folder.map(self.opt.split, n, fid) for n in names
+        ]
+
+    def done(self, fid: str) -> bool:
+        return all(p.is_file() for p in self.outputs(fid))
+
+    def _tick(self, key: str, t0: float) -> float:
+        t = time.perf_counter()
+        self.timings.setdefault(key, []).append(t - t0)
+        return t
+
+    def process(self, fid: str) -> dict:
+        opt, folder = self.opt, self.folder
+        t0 = time.perf_counter()
+        cap = load_capture(folder, fid, max_views=opt.if_view_num)
+        t = self._tick("load", t0)
+        lms, scores = [], []
+        for img in cap.images:
+            lm, score = self.detector.detect(img)
+            lms.append(lm)
+            scores.append(score)
+        t = self._tick("detect", t)
+        missing = [v for v, lm in zip(cap.views, lms) if lm is None]
+        if len(cap.views) - len(missing) < 2:
+            raise ValueError(
+                f"face {fid}: only {len(cap.views) - len(missing)} of {len(cap.views)} views gave landmarks "
+                f"(no face found in views {missing} of {folder.image_dir(fid)}); at least 2 are needed"
+            )
+        K, Rt = cap.stacked_cameras()
+        sizes = [(c.width, c.height) for c in cap.cameras]
+        n = len(self.template.vertices)
+        lm2d = np.stack([np.full((n, 2), np.nan) if lm is None else lm for lm in lms])
+        try:
+            res = reconstruct_base_mesh(lm2d, np.asarray(scores), K, Rt, sizes, self.template,
+                                        mm_per_unit=cap.mm_per_unit)
+        except ValueError as exc:
+            raise ValueError(f"face {fid}: {exc}") from None
+        t = self._tick("fit", t)
+        summary = triangulation_summary(res.triangulation)
+        rec = landmark_record(fid, cap.views, lms, scores, res.triangulation, image_sizes=sizes,
+                              extra={"first_pass_views": [cap.views[i] for i in res.first_pass_views],
+                                     "fit_residual_mm": np.round(res.fit.landmark_residuals * cap.mm_per_unit, 4)
+                                     .tolist()})
+        rec["fit_residual_mm"] = [None if not np.isfinite(r) else r for r in rec["fit_residual_mm"]]
+        save_landmarks(folder.landmarks(fid), rec)
+        mesh = res.fit.mesh
+        write_obj(folder.fit_mesh(fid), mesh)
+        table = self.table(mesh)
+        maps = base_maps(table, mesh, smooth_iters=opt.normal_smooth_iters)
+        save_npy(folder.map(opt.split, "pos_map", fid), maps["pos_map"])
+        save_npy(folder.map(opt.split, "norm_map", fid), maps["norm_map"])
+        t = self._tick("maps", t)
+        if opt.split == "train":
+            gt = read_mesh(self.raw.scan(fid))
+            mv, valid = ground_truth_maps(maps["pos_map"], maps["norm_map"], maps["covered"], self.mask, gt,
+                                          opt.search_range_mm / cap.mm_per_unit)
+            save_npy(folder.map(opt.split, "mv_map", fid), mv)
+            save_npy(folder.map(opt.split, "valid_map", fid), valid)
+            self._tick("gt", t)
+            summary["valid_fraction_of_mask"] = float(valid.sum() / max(self.mask.sum(), 1))
+        log.info("%s: %d/%d landmarks, %d outlier observations, reprojection median %.2f px",
+                 fid, summary["num_ok"], summary["num_points"], summary["num_outlier_observations"],
+                 summary["reproj_median_px"])
+        return summary
+
+
+def main(argv=None) -> int:
+    from options import parse_options
+
+    opt = parse_options("gen_maps", argv)
+    folder = DataFolder(opt.dataroot)
+    start_stage(opt, folder.options_file("gen_maps"))
+    ids = select_face_ids(folder, opt)
+    maker = MapMaker(opt)
+    summary = run_faces(ids, maker.process, done=maker.done, overwrite=opt.overwrite, desc="gen_maps")
+    return summary.exit_code()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
