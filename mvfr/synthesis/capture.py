@@ -78,7 +78,7 @@ def scan_topology() -> dict[str, np.ndarray]:
     fine = shape.fine_topology(FACE_LEVELS)
     coarse_faces_n = len(shape.load_template().faces)
     face_faces = fine.faces[shape.coarse_face_of_fine(FACE_LEVELS) < coarse_faces_n]
-    head_sub = shape.loop_subdivision(shape.head_topology()[0], shape.head_topology()[1], HEAD_LEVELS)
+    head_sub = shape.subdivision(shape.head_topology()[0], shape.head_topology()[1], HEAD_LEVELS)
     head_faces = head_sub.faces[np.arange(len(head_sub.faces)) // 4**HEAD_LEVELS >= coarse_faces_n]
     # head vertices of level HEAD_LEVELS keep their index at level FACE_LEVELS (old vertices come first)
     fv = np.unique(face_faces)

@@ -20,7 +20,7 @@ import functools
 import numpy as np
 
 from mvfr.template import TEMPLATE_MM_PER_UNIT, load_template
-from mvfr.synthesis.subdivision import Subdivision, loop_subdivision
+from mvfr.subdivision import Subdivision, subdivision
 
 N_FACE = 468
 HEAD_RINGS = 20  # rings of head vertices between the face boundary and the back pole
@@ -351,7 +351,7 @@ def head_vertices(face: np.ndarray, h: HeadParams) -> np.ndarray:
 @functools.lru_cache(maxsize=2)
 def fine_topology(levels: int) -> Subdivision:
     faces, n = head_topology()
-    return loop_subdivision(faces, n, levels)
+    return subdivision(faces, n, levels)
 
 
 def coarse_face_of_fine(levels: int) -> np.ndarray:
@@ -379,10 +379,10 @@ def build_face(identity: Identity, expression: str, levels: int = 4) -> FaceGeom
     head = head_vertices(face, identity.head)
     coarse = np.concatenate([face, head]) * identity.scale
     sub = fine_topology(levels)
-    fine = sub.loop @ coarse
+    fine = sub.S @ coarse
     uv0 = np.zeros((len(coarse), 2))
     uv0[:N_FACE] = load_template().uvs
-    uvs = sub.linear @ uv0
+    uvs = sub.M @ uv0
     n_face_coarse = len(load_template().faces)
     face_mask = coarse_face_of_fine(levels) < n_face_coarse
     return FaceGeometry(coarse, fine, face_mask, uvs, levels)
