@@ -8,6 +8,7 @@ passed in (pixel (0, 0) = centre of the top-left pixel, DESIGN §3).
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 from pathlib import Path
@@ -31,6 +32,11 @@ class FaceLandmarkDetector:
 
     Images whose long side exceeds ``max_side`` pixels are detected on a resized copy (the model
     works at 256 x 256 internally) and the landmarks are mapped back to the full image.
+
+    With ``flip_average`` (default) the image is also detected mirrored left-right; the mirrored
+    landmarks are mapped back (x -> W - 1 - x, landmark i <-> its mirror partner on the symmetric
+    template) and the two estimates are averaged. This test-time augmentation cancels the
+    detector's left-right bias and halves part of its noise, at twice the detection time.
     """
 
     def __init__(
@@ -39,6 +45,7 @@ class FaceLandmarkDetector:
         max_side: int = 1024,
         min_detection_confidence: float = 0.5,
         min_presence_confidence: float = 0.5,
+        flip_average: bool = True,
     ):
         from mediapipe.tasks.python import BaseOptions, vision
 
@@ -54,12 +61,12 @@ class FaceLandmarkDetector:
         )
         self._landmarker = vision.FaceLandmarker.create_from_options(options)
         self.max_side = int(max_side)
+        self.flip_average = bool(flip_average)
         atexit.register(self.close)
 
     def detect(self, image: np.ndarray) -> tuple[np.ndarray | None, float]:
         """``image [H, W, 3]`` RGB uint8 -> ``(landmarks [468, 2] pixels or None, score)``."""
         import cv2
-        import mediapipe as mp
 
         if self._landmarker is None:
             raise RuntimeError("FaceLandmarkDetector was closed")
@@ -71,22 +78,37 @@ class FaceLandmarkDetector:
         if max(H, W) > self.max_side:
             s = self.max_side / max(H, W)
             small = cv2.resize(image, (max(1, round(W * s)), max(1, round(H * s))), interpolation=cv2.INTER_AREA)
-        result = self._landmarker.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(small)))
-        if not result.face_landmarks:
+        norm = self._detect_normalised(small)
+        if self.flip_average:
+            flipped = self._detect_normalised(small[:, ::-1])
+            if flipped is not None:
+                flipped = flipped[mirror_landmark_index()] * [-1.0, 1.0] + [1.0, 0.0]  # x_n -> 1 - x_n
+                norm = flipped if norm is None else 0.5 * (norm + flipped)
+        if norm is None:
             return None, 0.0
-        pts = result.face_landmarks[0][:NUM_LANDMARKS]
-        norm = np.array([[p.x, p.y] for p in pts], dtype=np.float64)
         # normalised coordinates span the image extent: 0 = left/top edge, 1 = right/bottom edge
         pix = norm * np.array([W, H]) - 0.5
         inside = (pix[:, 0] >= -0.5) & (pix[:, 0] <= W - 0.5) & (pix[:, 1] >= -0.5) & (pix[:, 1] <= H - 0.5)
         return pix, float(inside.mean())
 
+    def _detect_normalised(self, image: np.ndarray) -> np.ndarray | None:
+        """[468, 2] landmarks in normalised image coordinates, or None when no face is found."""
+        import mediapipe as mp
+
+        result = self._landmarker.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(image)))
+        if not result.face_landmarks:
+            return None
+        return np.array([[p.x, p.y] for p in result.face_landmarks[0][:NUM_LANDMARKS]], dtype=np.float64)
+
     def close(self) -> None:
         if getattr(self, "_landmarker", None) is not None:
             try:
                 self._landmarker.close()
-            except Exception:  # pragma: no cover - mediapipe at interpreter shutdown
-                pass
+            except RuntimeError:
+                # At interpreter exit, concurrent.futures has already stopped MediaPipe's dispatcher
+                # thread, so close() cannot run; drop the handle so __del__ does not try again.
+                if hasattr(self._landmarker, "_handle"):
+                    self._landmarker._handle = None
             self._landmarker = None
 
     def __enter__(self) -> "FaceLandmarkDetector":
@@ -94,6 +116,20 @@ class FaceLandmarkDetector:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@functools.lru_cache(maxsize=1)
+def mirror_landmark_index() -> np.ndarray:
+    """``[468]`` int: landmark i's left-right mirror partner on the (exactly symmetric) template."""
+    from scipy.spatial import cKDTree
+
+    from mvfr.template import load_template
+
+    v = load_template().vertices
+    dist, idx = cKDTree(v).query(v * [-1.0, 1.0, 1.0])
+    if dist.max() > 1e-6 or not (idx[idx] == np.arange(len(v))).all():
+        raise RuntimeError("the template is not left-right symmetric; cannot mirror landmarks")
+    return idx
 
 
 def inter_ocular_distance(landmarks: np.ndarray) -> float:
