@@ -1,0 +1,50 @@
+"""The MediaPipe landmark detector wrapper: mirror map, flip averaging, pixel convention."""
+
+import numpy as np
+import pytest
+import skimage.data
+
+from mvfr.landmarks import FaceLandmarkDetector, inter_ocular_distance, mirror_landmark_index
+from mvfr.template import load_template
+
+
+@pytest.fixture(scope="module")
+def detector():
+    with FaceLandmarkDetector() as det:
+        yield det
+
+
+def test_mirror_index_is_an_involution_pairing_known_landmarks():
+    idx = mirror_landmark_index()
+    assert (idx[idx] == np.arange(468)).all()
+    assert idx[33] == 263 and idx[263] == 33  # outer eye corners
+    assert idx[1] == 1 and idx[152] == 152  # nose tip and chin lie on the symmetry plane
+    v = load_template().vertices
+    np.testing.assert_allclose(v[idx] * [-1, 1, 1], v, atol=1e-9)
+
+
+def test_flip_averaged_detection_is_mirror_consistent(detector):
+    # With flip averaging the detector is exactly equivariant to a left-right flip of the image.
+    img = skimage.data.astronaut()
+    lm, score = detector.detect(img)
+    assert lm is not None and lm.shape == (468, 2) and score > 0.9
+    lm_f, _ = detector.detect(np.ascontiguousarray(img[:, ::-1]))
+    back = lm_f[mirror_landmark_index()] * [-1, 1] + [img.shape[1] - 1, 0]
+    np.testing.assert_allclose(back, lm, atol=1e-3)
+    assert 40 < inter_ocular_distance(lm) < 120  # outer eye corners of the astronaut: about 60 px apart
+
+
+def test_large_images_are_detected_on_a_copy_and_mapped_back(detector):
+    img = skimage.data.astronaut()  # 512 x 512
+    big = np.repeat(np.repeat(img, 3, 0), 3, 1)  # 1536 x 1536, above max_side
+    lm, _ = detector.detect(img)
+    lm_big, _ = detector.detect(big)
+    # pixel centres: x_big = 3 x + 1
+    err = np.linalg.norm(lm_big - (3 * lm + 1), axis=1)
+    assert np.median(err) < 0.02 * inter_ocular_distance(3 * lm)
+
+
+def test_no_face_and_bad_input(detector):
+    assert detector.detect(np.zeros((128, 128, 3), np.uint8)) == (None, 0.0)
+    with pytest.raises(ValueError, match="RGB uint8"):
+        detector.detect(np.zeros((128, 128), np.uint8))
