@@ -1,0 +1,103 @@
+"""Stage 5, inference: UV textures -> mesoscopic displacement maps (16-bit PNG, mm).
+
+    python dpmap_pred/main.py --dataroot DATA --split eval [--dp_checkpoint predefine_data/checkpoint_dpmap.pt]
+    python dpmap_pred/main.py --input TEXTURE_DIR --output DPMAP_DIR          (the original release's interface)
+    python -m dpmap_pred.main ...                                              (the same)
+
+Reads ``DATA/pred/texture/texture_PPP_EE.png`` (gen_tex.py) and writes
+``DATA/pred/dp_map/dp_map_PPP_EE.png``: a single-channel 16-bit PNG in template UV at the
+checkpoint's ``--dp_size``, ``mm = (code - 32768) * 0.0002`` along the outward normal; the encoding is
+stored in the PNG (tEXt ``mvfr_dpmap``) and in ``dp_map_PPP_EE.json`` beside it (see
+:mod:`dpmap_pred.encoding`). Outside the facial mask the prediction fades to 0 over
+``--dp_mask_feather`` texels. With ``--input/--output`` every ``*.png``/``*.jpg`` texture of the
+folder gets ``<name>.png`` (+ ``.json``) in the output folder.
+
+When the ground truth exists (``--facescape_dataroot RAW`` with ``RAW/dpmap``), the Pearson
+correlation, MAE and RMSE inside the facial mask are printed and written to
+``DATA/logs/dpmap/scores_<split>.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: put the repository root on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+
+from dpmap_pred.encoding import write_dpmap
+from dpmap_pred.inference import dpmap_scores, feather_weights, load_generator, predict_dpmap, resize_image
+from mvfr.atomic_io import load_image, save_json
+from mvfr.datafolder import DataFolder, RawFolder
+from mvfr.uv_rasterizer import load_facial_mask
+
+log = logging.getLogger("dpmap_main")
+
+
+def predict_masked(net, texture: np.ndarray, size: int, weights: np.ndarray, device) -> np.ndarray:
+    """Displacement [size, size] mm of one texture, faded to 0 outside the facial mask."""
+    return predict_dpmap(net, texture, size, device) * weights
+
+
+def main(argv=None) -> int:
+    from mvfr.runtime import resolve_device, start_stage
+    from mvfr.stage import run_faces, select_face_ids
+    from options import parse_options
+
+    opt = parse_options("dpmap_main", argv)
+    device = resolve_device(opt.device)
+    try:
+        net, train_opt = load_generator(opt.dp_checkpoint, device)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"dpmap_main: {exc}", file=sys.stderr)
+        return 2
+    size = int(train_opt["dp_size"])  # the resolution the network was trained at
+    weights = feather_weights(load_facial_mask(size), opt.dp_mask_feather)
+    meta = {"checkpoint": str(opt.dp_checkpoint), "dp_size": size, "mask_feather_texels": opt.dp_mask_feather}
+
+    if opt.input or opt.output:
+        if not (opt.input and opt.output):
+            raise SystemExit("--input DIR needs --output DIR (and the other way round)")
+        start_stage(opt)
+        inputs = sorted(p for p in Path(opt.input).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        if not inputs:
+            raise SystemExit(f"--input {opt.input} holds no .png/.jpg texture")
+        out_dir = Path(opt.output)
+        for p in inputs:
+            dp = predict_masked(net, load_image(p), size, weights, device)
+            write_dpmap(out_dir / f"{p.stem}.png", dp, source=str(p), **meta)
+        print(f"wrote {len(inputs)} displacement maps to {out_dir}")
+        return 0
+
+    folder, raw = DataFolder(opt.dataroot), RawFolder(opt.facescape_dataroot)
+    start_stage(opt, folder.options_file("dpmap_main"))
+    scores: dict[str, dict[str, float]] = {}
+    mask = load_facial_mask(size)
+
+    def process(fid: str) -> None:
+        dp = predict_masked(net, load_image(folder.texture(fid)), size, weights, device)
+        write_dpmap(folder.dp_map(fid), dp, face_id=fid, **meta)
+        gt_path = raw.meso_dpmap(fid)
+        if gt_path.is_file():
+            gt = np.load(gt_path).astype(np.float32)
+            finite = np.isfinite(gt)
+            gt = resize_image(np.where(finite, gt, 0.0), size)
+            valid = mask & (resize_image(finite.astype(np.float32), size) > 0.999)
+            scores[fid] = dpmap_scores(dp, gt, valid)
+            log.info("%s: Pearson %.3f, MAE %.4f mm", fid, scores[fid]["pearson"], scores[fid]["mae_mm"])
+
+    summary = run_faces(select_face_ids(folder, opt), process, done=lambda fid: folder.dp_map(fid).exists(),
+                        overwrite=opt.overwrite, desc="dpmap_main")
+    if scores:
+        mean = {k: float(np.mean([s[k] for s in scores.values()])) for k in next(iter(scores.values()))}
+        save_json(folder.log_dir("dpmap") / f"scores_{opt.split}.json", {"faces": scores, "mean": mean})
+        print("displacement vs ground truth inside the facial mask (mean over faces): "
+              + ", ".join(f"{k} {v:.4f}" for k, v in mean.items()))
+    return summary.exit_code()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
