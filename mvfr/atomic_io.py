@@ -96,8 +96,13 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"image {path} does not exist")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        raise ValueError(f"image {path} does not exist; restore it, or mark its view invalid in params.json")
+    data = np.fromfile(path, dtype=np.uint8)
+    fix = "replace the file, or mark its view invalid in params.json"
+    if path.suffix.lower() in (".jpg", ".jpeg") and data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-1024:].tobytes():
+        # OpenCV decodes a truncated JPEG without an error (grey rows at the bottom); refuse it.
+        raise ValueError(f"image {path} is a truncated JPEG (no end-of-image marker); {fix}")
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if image is None:
-        raise ValueError(f"image {path} could not be decoded (corrupt or not an image); replace or remove the file")
+        raise ValueError(f"image {path} could not be decoded (corrupt or not an image); {fix}")
     return image[:, :, ::-1].copy()

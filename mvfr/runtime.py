@@ -70,4 +70,20 @@ def start_stage(opt: argparse.Namespace, options_path: str | Path | None = None)
     seed_everything(opt.seed)
     log.info("environment: %s", environment())
     if options_path is not None:
+        check_writable(Path(options_path).parent)
         save_options(options_path, opt)
+
+
+def check_writable(folder: str | Path) -> None:
+    """Exit with a clear message unless ``folder`` can be created and written (tested by writing a file)."""
+    import tempfile
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write_test_"):
+            pass
+    except OSError as exc:
+        raise SystemExit(
+            f"error: cannot write to {folder} ({exc.strerror or exc}); choose a --dataroot on a writable disk"
+        ) from None
