@@ -1,0 +1,119 @@
+"""Stage 2, inference: score volumes, IF displacement maps and IF meshes.
+
+    python eval_if.py --dataroot DATA --split eval [--if_checkpoint predefine_data/checkpoint_if.pt] [--search c2f|full]
+
+Per face: features of every view are computed once, then every searched texel (covered by the base
+mesh, inside the facial mask) is searched over its D hypotheses: ``--search c2f`` (default) scores
+every 8th hypothesis, then every 2nd within +-8 of each texel's peak, then every one within +-2;
+``--search full`` scores all D. Points go through the network in chunks of ``--num_sample``.
+
+Writes, per face (atomically; skipped when they exist unless --overwrite):
+  DATA/volume/<split>/ori_volume_PPP_EE.npy   [D, S, S] float16 scores (unscored hypotheses of the
+                                              c2f search interpolated along d; 0 outside the mask)
+  DATA/pred/if_map/disp_map_PPP_EE.npy        [S, S] float32 argmax displacement along the normal, units
+  DATA/pred/if_mesh/if_PPP_EE.obj             UV-grid mesh of pos_map + n * disp over the searched texels
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import numpy as np
+import torch
+
+from models import build_implicit_function
+from mvfr.atomic_io import save_npy
+from mvfr.datafolder import DataFolder
+from mvfr.hypotheses import FaceInputs, images_to_tensor, load_face_inputs, search_face, step_offsets
+from mvfr.mesh_io import write_obj
+from mvfr.runtime import resolve_device, start_stage
+from mvfr.stage import run_faces, select_face_ids
+from mvfr.training import read_checkpoint
+from mvfr.uv_mesh import uv_grid_mesh
+from options import parse_options
+
+log = logging.getLogger("eval_if")
+FORMAT = "mvfr-implicit-function-v1"
+
+
+def load_model(path: str, device: str):
+    """The implicit function of a checkpoint (architecture from its stored options), in eval mode."""
+    ckpt = read_checkpoint(path, FORMAT)
+    model = build_implicit_function(ckpt["options"])
+    model.load_state_dict(ckpt["model"], strict=True)
+    return model.to(device).eval(), ckpt
+
+
+def low_precision_ok(device: str) -> bool:
+    """bfloat16 features and MLP at inference: on CUDA, and on CPUs with native bfloat16 (AVX512-BF16/AMX)."""
+    if str(device).startswith("cuda"):
+        return True
+    return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
+
+
+def run_face(model, face: FaceInputs, mode: str, chunk: int, device: str, low_precision: bool | None = None) -> dict:
+    """Search one face -> ``{"volume": [D, S, S] float32, "disp": [S, S] float32 units, "scored": [S, S] bool}``
+    plus seconds ``features_s``, ``search_s`` and the search's ``timings`` (sampling, mlp, points)."""
+    setup = face.setup.to(device)
+    S, D = setup.size, setup.d_size
+    low = low_precision_ok(device) if low_precision is None else low_precision
+    timings: dict = {}
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        features = model.view_features(images_to_tensor(face.images, device), torch.bfloat16 if low else None)
+        t1 = time.perf_counter()
+        argmax, vol = search_face(model, features, setup, mode, chunk, timings=timings)
+        t2 = time.perf_counter()
+    vol = vol.cpu().numpy()
+    argmax = argmax.cpu().numpy()
+    scored = vol.max(1) > 0  # texels with at least one hypothesis seen by 2 views
+    disp_t = np.where(scored, step_offsets(D)[argmax] * setup.step, 0.0)
+    volume = np.zeros((D, S * S), np.float32)
+    volume[:, face.mask.ravel()] = vol.T
+    disp = np.zeros(S * S, np.float32)
+    disp[face.mask.ravel()] = disp_t
+    sc = np.zeros(S * S, bool)
+    sc[face.mask.ravel()] = scored
+    return {
+        "volume": volume.reshape(D, S, S),
+        "disp": disp.reshape(S, S),
+        "scored": sc.reshape(S, S),
+        "features_s": t1 - t0,
+        "search_s": t2 - t1,
+        "timings": timings,
+    }
+
+
+def main() -> int:
+    opt = parse_options("eval_if")
+    folder = DataFolder(opt.dataroot)
+    start_stage(opt, folder.options_file("eval_if"))
+    device = resolve_device(opt.device)
+    torch.set_grad_enabled(False)
+    model, ckpt = load_model(opt.if_checkpoint, device)
+    log.info("checkpoint %s: step %s, mlp %s", opt.if_checkpoint, ckpt["step"], model.mlp_dim)
+    train_opts = ckpt["options"]
+    for key in ("d_size", "interval_scale"):
+        if key in train_opts and train_opts[key] != getattr(opt, key):
+            log.warning("--%s %s differs from the %s the checkpoint was trained with", key, getattr(opt, key), train_opts[key])
+
+    def process(fid: str) -> None:
+        face = load_face_inputs(folder, opt.split, fid, opt.d_size, opt.interval_scale, with_gt=False)
+        out = run_face(model, face, opt.search, opt.num_sample, device)
+        save_npy(folder.volume(opt.split, fid), out["volume"].astype(np.float16))
+        save_npy(folder.if_map(fid), out["disp"])
+        pos = face.pos_map + face.norm_map * out["disp"][..., None]
+        write_obj(folder.if_mesh(fid), uv_grid_mesh(pos, face.mask))
+        log.info("%s: features %.1f s, search (%s) %.1f s", fid, out["features_s"], opt.search, out["search_s"])
+
+    def done(fid: str) -> bool:
+        return folder.if_mesh(fid).exists() and folder.volume(opt.split, fid).exists() and folder.if_map(fid).exists()
+
+    summary = run_faces(select_face_ids(folder, opt), process, done=done, overwrite=opt.overwrite, desc="eval_if")
+    return summary.exit_code()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""The implicit function: per-view features -> cross-view statistics + offset -> matching score.
+
+For a hypothesis seen by V' >= 2 views, the features sampled there give a per-channel variance
+(and mean) over the visible views; with the normalised offset they go through an MLP (leaky ReLU,
+sigmoid output) that regresses the matching score in (0, 1).
+
+Aggregation follows ``mlp_dim[0]``: ``C + 1`` = variance and offset (the paper's 129 with 128
+channels), ``2 C + 1`` = mean, variance and offset.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from models.feature_net import FeatureNet
+from mvfr.hypotheses import FaceHypotheses, ViewFeatures, aggregate_views, normalise_offset, sample_hypothesis_features
+
+
+class ImplicitFunction(nn.Module):
+    """Feature extractor + MLP.
+
+    ``feature_channels`` C; ``mlp_dim`` widths from input to output (first = C + 1 or 2 C + 1,
+    last = 1).
+    """
+
+    def __init__(self, feature_channels: int = 128, mlp_dim: Sequence[int] = (129, 1024, 512, 256, 128, 1)):
+        super().__init__()
+        mlp_dim = [int(x) for x in mlp_dim]
+        C = int(feature_channels)
+        if len(mlp_dim) < 2 or mlp_dim[-1] != 1:
+            raise ValueError(f"mlp_dim must have at least 2 widths and end with 1, got {mlp_dim}")
+        if mlp_dim[0] == C + 1:
+            self.use_mean = False
+        elif mlp_dim[0] == 2 * C + 1:
+            self.use_mean = True
+        else:
+            raise ValueError(
+                f"mlp_dim[0] = {mlp_dim[0]} must be feature_channels + 1 = {C + 1} (variance) or "
+                f"2 * feature_channels + 1 = {2 * C + 1} (mean and variance)"
+            )
+        self.feature_channels = C
+        self.mlp_dim = mlp_dim
+        self.feature_net = FeatureNet(C)
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(mlp_dim[:-1], mlp_dim[1:])):
+            layers.append(nn.Linear(a, b))
+            if i < len(mlp_dim) - 2:
+                layers.append(nn.LeakyReLU(0.2, inplace=True))
+        self.mlp = nn.Sequential(*layers)
+
+    def extract(self, images: torch.Tensor) -> torch.Tensor:
+        """``images [V, 3, H, W]`` in [0, 1] -> ``features [V, C, H/2, W/2]``."""
+        return self.feature_net(images)
+
+    def view_features(self, images: torch.Tensor, dtype: torch.dtype | None = None) -> ViewFeatures:
+        """Features of every view, channels-last for sampling (``dtype`` bfloat16: low-precision
+        inference; the CNN itself runs in float32, bfloat16 autocast did not make it faster here)."""
+        return ViewFeatures(self.extract(images), dtype)
+
+    def score_samples(self, samples: torch.Tensor, vis: torch.Tensor, d_norm: torch.Tensor):
+        """``samples [V, M, C]`` sampled features (0 where not visible), ``vis [V, M]`` bool,
+        ``d_norm [M]`` in [-1, 1] -> ``score [M]`` float32 in (0, 1) (0 where fewer than 2 views),
+        ``ok [M]`` bool. bfloat16 samples run the MLP under bfloat16 autocast."""
+        mean, var, ok = aggregate_views(samples, vis, zeroed=True)
+        parts = [mean, var] if self.use_mean else [var]
+        x = torch.cat(parts + [d_norm.to(var.dtype)[:, None]], 1)
+        low = samples.dtype == torch.bfloat16
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=low):
+            logit = self.mlp(x)[:, 0]
+        score = torch.sigmoid(logit.float())
+        return score * ok.to(score.dtype), ok
+
+    def score_hypotheses(self, features: ViewFeatures, setup: FaceHypotheses, texel_index: torch.Tensor, steps: torch.Tensor):
+        """Score hypotheses of one face: ``texel_index [M]``, ``steps [M]`` (signed offsets in steps)
+        -> ``score [M]``, ``ok [M]``."""
+        samples, vis = sample_hypothesis_features(features, setup, texel_index, steps)
+        return self.score_samples(samples, vis, normalise_offset(steps.float(), setup.d_size))
+
+    def forward(self, images: torch.Tensor, setup: FaceHypotheses, texel_index: torch.Tensor, steps: torch.Tensor):
+        """Training path: ``images [V, 3, H, W]`` -> ``score [M]``, ``ok [M]``."""
+        return self.score_hypotheses(self.view_features(images), setup, texel_index, steps)
+
+
+def build_implicit_function(options: Mapping[str, Any]) -> ImplicitFunction:
+    """The model described by an options dict (``feature_channels``, ``mlp_dim``), e.g. a checkpoint's."""
+    return ImplicitFunction(int(options.get("feature_channels", 128)), list(options.get("mlp_dim", (129, 1024, 512, 256, 128, 1))))

@@ -1,0 +1,368 @@
+import numpy as np
+import pytest
+import torch
+
+from models import ImplicitFunction, build_implicit_function
+from mvfr.camera import Camera, project_points
+from mvfr.hypotheses import (
+    aggregate_views,
+    build_face_hypotheses,
+    coarse_to_fine_argmax,
+    face_crops,
+    fill_unscored,
+    full_search,
+    hypothesis_points,
+    images_to_tensor,
+    occlusion_mask,
+    project_hypotheses,
+    sample_training_hypotheses,
+    score_target,
+    step_offsets,
+    sample_image_reference,
+    sample_views,
+    ViewFeatures,
+)
+from mvfr.training import (
+    JsonlLogger,
+    list_checkpoints,
+    load_checkpoint,
+    photometric_augment,
+    plot_loss_curve,
+    prune_checkpoints,
+    read_checkpoint,
+    read_jsonl,
+    resume,
+    save_checkpoint,
+    checkpoint_path,
+)
+
+# ------------------------------------------------------------------------------- tiny scenes
+
+
+def look_down_camera(cx, cy, height=5.0, W=64, H=48, f=60.0):
+    """Camera at (cx, cy, height) looking down -z (x right, image y = world -y)."""
+    R = np.diag([1.0, -1.0, -1.0])
+    C = np.array([cx, cy, height])
+    Rt = np.concatenate([R, (-R @ C)[:, None]], 1)
+    K = np.array([[f, 0, (W - 1) / 2], [0, f, (H - 1) / 2], [0, 0, 1.0]])
+    return Camera(K, Rt, W, H)
+
+
+def texture(x, y):
+    return 0.5 + 0.2 * np.sin(9 * x + 2 * y) + 0.15 * np.cos(13 * y - 4 * x) + 0.1 * np.sin(23 * x * y)
+
+
+def render_plane(cam: Camera, z0: float) -> np.ndarray:
+    """Image of the textured plane z = z0 (grey pattern -> RGB uint8)."""
+    ys, xs = np.mgrid[0 : cam.height, 0 : cam.width].astype(np.float64)
+    pix = np.stack([xs.ravel(), ys.ravel(), np.ones(xs.size)], 1)
+    d = pix @ np.linalg.inv(cam.K).T @ cam.Rt[:, :3]  # world ray directions (R^T K^-1 x)
+    c = cam.center
+    s = (z0 - c[2]) / d[:, 2]
+    p = c + s[:, None] * d
+    g = texture(p[:, 0], p[:, 1]).reshape(cam.height, cam.width)
+    rgb = np.stack([g, 0.8 * g + 0.1, 1.0 - g], -1)
+    return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+
+
+def plane_scene(S=12, gt_offset=0.1, V=4):
+    cams = [look_down_camera(0.6 * np.cos(a), 0.6 * np.sin(a)) for a in np.linspace(0, 2 * np.pi, V, endpoint=False)]
+    images = [render_plane(c, gt_offset) for c in cams]
+    u = (np.arange(S) + 0.5) / S * 1.2 - 0.6
+    X, Y = np.meshgrid(u, -u)
+    pos = np.stack([X, Y, np.zeros_like(X)], -1).astype(np.float32)
+    nrm = np.zeros_like(pos)
+    nrm[..., 2] = 1.0
+    return cams, images, pos, nrm
+
+
+def plane_setup(S=12, D=21, step=0.02, gt_offset=0.1):
+    cams, images, pos, nrm = plane_scene(S, gt_offset)
+    mask = np.ones((S, S), bool)
+    K = np.stack([c.K for c in cams])
+    Rt = np.stack([c.Rt for c in cams])
+    setup = build_face_hypotheses(pos, nrm, mask, K, Rt, cams[0].width, cams[0].height, D, step, None, None)
+    return setup, images_to_tensor(np.stack(images)), cams, pos, nrm
+
+
+# --------------------------------------------------------------------------------- projection
+
+
+def test_project_hypotheses_matches_camera_projection():
+    setup, _, cams, pos, nrm = plane_setup()
+    steps = torch.tensor([-10.0, -3.5, 0.0, 7.0])
+    ti = torch.tensor([0, 5, 17, 143])
+    pix, vis = project_hypotheses(setup, ti, steps)
+    assert pix.shape == (4, 4, 2) and vis.shape == (4, 4)
+    p = pos.reshape(-1, 3)[ti.numpy()]
+    n = nrm.reshape(-1, 3)[ti.numpy()]
+    x = p + n * (steps.numpy()[:, None] * setup.step)
+    for v, cam in enumerate(cams):
+        ref, depth = project_points(x, cam.K, cam.Rt)
+        np.testing.assert_allclose(pix[v].numpy(), ref, atol=1e-3)
+        assert (depth > 0).all()
+
+
+def test_hypothesis_points_known_answer():
+    x = hypothesis_points(np.zeros((1, 3)), np.array([[0.0, 0.0, 1.0]]), step_offsets(5), 0.5)
+    np.testing.assert_allclose(x[0, :, 2], [-1.0, -0.5, 0.0, 0.5, 1.0])
+    with pytest.raises(ValueError):
+        hypothesis_points(np.zeros((2, 3)), np.zeros((3, 3)), step_offsets(5), 0.5)
+
+
+def test_visibility_excludes_view_that_sees_the_back_of_the_face():
+    import trimesh
+
+    sphere = trimesh.creation.icosphere(3, radius=1.0)
+    # base points on the front (+z) of the sphere, normals outward
+    p = np.array([[0.0, 0.0, 1.0], [0.3, 0.1, np.sqrt(1 - 0.1)]])
+    n = p / np.linalg.norm(p, axis=1, keepdims=True)
+    front = look_down_camera(0.0, 0.0, height=5.0)  # at +z looking -z: sees the face
+    R = np.eye(3)  # at -z looking +z: sees the back of the head
+    C = np.array([0.0, 0.0, -5.0])
+    back = Camera(front.K, np.concatenate([R, (-R @ C)[:, None]], 1), 64, 48)
+    Rt = np.stack([front.Rt, back.Rt])
+    occ = occlusion_mask(p, np.stack([front.center, back.center]), sphere.vertices, sphere.faces, search_units=0.2)
+    assert not occ[0].any() and occ[1].all()
+    # the same with an open surface (only the front cap): the back view is rejected as back-facing
+    cap = sphere.submesh([np.flatnonzero(sphere.triangles_center[:, 2] > 0.3)], append=True)
+    pos_map = np.zeros((2, 2, 3), np.float32)
+    nrm_map = np.zeros((2, 2, 3), np.float32)
+    pos_map[0], nrm_map[0] = p, n
+    mask = np.zeros((2, 2), bool)
+    mask[0] = True
+    setup = build_face_hypotheses(
+        pos_map, nrm_map, mask, np.stack([front.K] * 2), Rt, 64, 48, 11, 0.02,
+        np.asarray(cap.vertices), np.asarray(cap.faces),
+    )
+    assert setup.view_ok[0].all() and not setup.view_ok[1].any()
+    _, vis = project_hypotheses(setup, torch.tensor([0, 1]), torch.zeros(2))
+    assert vis[0].all() and not vis[1].any()
+
+
+def test_visibility_behind_camera_and_off_image():
+    setup, _, _, _, _ = plane_setup(D=2001, step=0.01)
+    # +1000 steps = z 10 > camera height 5: behind every camera
+    _, vis = project_hypotheses(setup, torch.tensor([0, 0]), torch.tensor([0.0, 1000.0]))
+    assert vis[:, 0].all() and not vis[:, 1].any()
+    # shrink the extent: the corner texels fall off the image
+    small = type(setup)(**{**setup.__dict__, "width": 8, "height": 8})
+    _, vis = project_hypotheses(small, torch.tensor([0]), torch.tensor([0.0]))
+    assert not vis.any()
+
+
+# -------------------------------------------------------------------------------- aggregation
+
+
+def test_sample_views_matches_grid_sample_reference():
+    g = torch.Generator().manual_seed(0)
+    V, C, h, w, W, H = 3, 5, 7, 9, 18, 14
+    maps = torch.randn(V, C, h, w, generator=g, dtype=torch.float64)
+    pix = torch.rand(V, 300, 2, generator=g, dtype=torch.float64) * torch.tensor([W + 4.0, H + 4.0]) - 2.0  # some off-image
+    pix[0, 0] = torch.tensor([0.0, 0.0])  # centre of the top-left pixel
+    pix[0, 1] = torch.tensor([W - 0.5, H - 0.5])  # the corner of the extent
+    vis = torch.rand(V, 300, generator=g) > 0.3
+    fast = sample_views(ViewFeatures(maps), pix, vis, W, H)
+    ref = sample_image_reference(maps, pix, vis, W, H)
+    assert fast.shape == (V, 300, C)
+    torch.testing.assert_close(fast, ref, atol=1e-12, rtol=0)
+    # gradient reaches the feature maps (training path)
+    maps32 = maps.float().requires_grad_()
+    sample_views(ViewFeatures(maps32), pix.float(), vis, W, H).sum().backward()
+    assert maps32.grad is not None and maps32.grad.abs().sum() > 0
+    with pytest.raises(ValueError):
+        ViewFeatures(maps[0])
+
+
+def test_aggregate_views_known_answer():
+    samples = torch.tensor([[[1.0, 5.0]], [[3.0, 7.0]], [[100.0, 9.0]]]).permute(0, 2, 1)  # [V=3, M=2, C=1]
+    vis = torch.tensor([[True, True], [True, False], [False, False]])
+    mean, var, ok = aggregate_views(samples, vis)
+    assert mean.shape == (2, 1) and var.shape == (2, 1)
+    assert ok.tolist() == [True, False]
+    assert mean[0, 0].item() == pytest.approx(2.0) and var[0, 0].item() == pytest.approx(1.0)
+    assert mean[1, 0].item() == 0.0 and var[1, 0].item() == 0.0  # one view: no statistics
+    with pytest.raises(ValueError):
+        aggregate_views(samples, vis[:2])
+
+
+def test_aggregate_views_gradient_float64():
+    samples = torch.randn(4, 5, 3, dtype=torch.float64, requires_grad=True)
+    vis = torch.tensor([[1, 1, 0, 1, 1], [1, 0, 1, 1, 0], [0, 1, 1, 1, 1], [1, 1, 1, 0, 1]], dtype=torch.bool)
+    assert torch.autograd.gradcheck(lambda s: torch.cat(aggregate_views(s, vis)[:2], 1), (samples,))
+
+
+# ---------------------------------------------------------------------------------- the model
+
+
+def tiny_model():
+    return ImplicitFunction(feature_channels=8, mlp_dim=[9, 32, 16, 1])
+
+
+def test_model_shapes_and_bad_mlp_dim():
+    setup, images, *_ = plane_setup()
+    m = tiny_model()
+    assert m.extract(images).shape == (4, 8, 24, 32)
+    feats = m.view_features(images)
+    score, ok = m.score_hypotheses(feats, setup, torch.arange(10), torch.zeros(10))
+    assert score.shape == (10,) and ok.all() and ((score > 0) & (score < 1)).all()
+    assert ImplicitFunction(8, [17, 4, 1]).use_mean
+    with pytest.raises(ValueError):
+        ImplicitFunction(8, [10, 4, 1])
+    with pytest.raises(ValueError):
+        ImplicitFunction(8, [9, 4, 2])
+    assert build_implicit_function({"feature_channels": 8, "mlp_dim": [9, 4, 1]}).mlp_dim == [9, 4, 1]
+
+
+def test_training_step_lowers_loss_on_fixed_batch():
+    torch.manual_seed(0)
+    D, step, gt = 21, 0.02, 0.1
+    setup, images, *_ = plane_setup(D=D, step=step, gt_offset=gt)
+    rng = np.random.default_rng(0)
+    gt_steps = np.full(setup.num_texels, gt / step)
+    ti, steps = sample_training_hypotheses(np.arange(setup.num_texels), gt_steps, 512, D, 2.0, rng)
+    ti, steps = torch.as_tensor(ti), torch.as_tensor(steps, dtype=torch.float32)
+    target = score_target(steps, torch.as_tensor(gt_steps, dtype=torch.float32)[ti], 1.0)
+    m = tiny_model()
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        score, ok = m(images, setup, ti, steps)
+        loss = ((score - target) ** 2)[ok].mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.75 * losses[0]
+
+
+def test_training_hypotheses_distribution():
+    rng = np.random.default_rng(1)
+    gt = np.array([0.0, 30.0])
+    ti, s = sample_training_hypotheses(np.array([1]), gt, 20000, 201, 10.0, rng)
+    assert (ti == 1).all() and s.min() >= -100 and s.max() <= 100
+    near = np.abs(s - 30.0) < 30.0
+    assert 0.8 < near.mean() < 0.9  # 80% near (99.7% of them within 3 sigma) + the uniform share nearby
+    assert score_target(np.array([30.0, 31.0]), 30.0, 1.0) == pytest.approx([1.0, np.exp(-0.5)])
+
+
+def test_face_crops_cover_projections():
+    cams, images, pos, nrm = plane_scene(S=8)
+    mask = np.ones((8, 8), bool)
+    origins, W, H = face_crops(pos, nrm, mask, cams, 0.1, margin_px=2)
+    assert W % 2 == 0 and H % 2 == 0 and W <= 64 and H <= 48
+    for cam, (ox, oy) in zip(cams, origins):
+        pix, _ = project_points(pos[mask].astype(np.float64), cam.K, cam.Rt)
+        assert (pix[:, 0] >= ox - 0.5).all() and (pix[:, 0] <= ox + W - 0.5).all()
+        assert (pix[:, 1] >= oy - 0.5).all() and (pix[:, 1] <= oy + H - 0.5).all()
+
+
+# ------------------------------------------------------------------------------------- search
+
+
+def synthetic_score_fn(peaks, widths):
+    def fn(t, d):
+        return torch.exp(-((d.double() - peaks[t]) ** 2) / (2 * widths[t] ** 2)).float()
+
+    return fn
+
+
+@pytest.mark.parametrize("D", [201, 64, 9])
+def test_coarse_to_fine_equals_full_on_single_peak(D):
+    g = torch.Generator().manual_seed(D)
+    T = 500
+    peaks = torch.rand(T, generator=g, dtype=torch.float64) * (D - 1)
+    peaks[:3] = torch.tensor([0.0, D - 1.0, 0.49 * (D - 1)], dtype=torch.float64)  # edges
+    widths = 0.5 + 20 * torch.rand(T, generator=g, dtype=torch.float64)
+    fn = synthetic_score_fn(peaks, widths)
+    calls = []
+
+    def counted(t, d):
+        calls.append(t.numel())
+        return fn(t, d)
+
+    full = full_search(fn, T, D)
+    am, vol = coarse_to_fine_argmax(counted, T, D)
+    assert torch.equal(am, full.argmax(1))
+    scored = ~torch.isnan(vol)
+    assert torch.equal(vol[scored], full[scored])
+    if D == 201:
+        assert sum(calls) < T * D / 5  # at least 5x fewer evaluations
+    with pytest.raises(ValueError):
+        coarse_to_fine_argmax(fn, T, D, strides=(4, 8, 1))
+
+
+def test_fill_unscored_interpolates_linearly():
+    v = torch.tensor([[float("nan"), 1.0, float("nan"), float("nan"), 4.0, float("nan")], [float("nan")] * 6])
+    out = fill_unscored(v)
+    torch.testing.assert_close(out[0], torch.tensor([1.0, 1.0, 2.0, 3.0, 4.0, 4.0]))
+    torch.testing.assert_close(out[1], torch.zeros(6))
+
+
+# ------------------------------------------------------------------------------ training infra
+
+
+def test_checkpoint_round_trip_and_resume(tmp_path):
+    import argparse
+
+    m = tiny_model()
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    m(torch.rand(4, 3, 16, 16), *plane_setup()[:1], torch.arange(3), torch.zeros(3))[0].sum().backward()
+    opt.step()
+    options = argparse.Namespace(mlp_dim=[9, 32, 16, 1], feature_channels=8, lr=1e-3, name="x")
+    for step in (10, 20, 30, 40):
+        save_checkpoint(checkpoint_path(tmp_path, step), m, opt, step, step // 10, options, "test-v1")
+    prune_checkpoints(tmp_path, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000030.pt", "step_00000040.pt"]
+    raw = torch.load(list_checkpoints(tmp_path)[-1], weights_only=True)
+    assert set(raw) == {"format", "step", "epoch", "model", "optimizer", "options"}
+    m2 = tiny_model()
+    opt2 = torch.optim.Adam(m2.parameters(), lr=1e-3)
+    assert resume(tmp_path, m2, opt2, fmt="test-v1") == (40, 4)
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, m2.state_dict()[k])
+    assert resume(tmp_path / "none", m2) == (0, 0)
+    with pytest.raises(ValueError):
+        read_checkpoint(list_checkpoints(tmp_path)[-1], fmt="other")
+    with pytest.raises(RuntimeError):  # strict=True
+        load_checkpoint(list_checkpoints(tmp_path)[-1], ImplicitFunction(8, [9, 8, 1]))
+
+
+def test_jsonl_log_and_curve(tmp_path):
+    logger = JsonlLogger(tmp_path / "log.jsonl")
+    for s in range(20):
+        logger.log(step=s, loss=1.0 / (s + 1))
+    with open(tmp_path / "log.jsonl", "a") as f:
+        f.write('{"step": 20, "lo')  # interrupted write
+    recs = read_jsonl(tmp_path / "log.jsonl")
+    assert len(recs) == 20 and recs[3]["loss"] == pytest.approx(0.25)
+    plot_loss_curve(recs, tmp_path / "loss.png")
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_photometric_augment_range_and_per_view():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, 8, 8)
+    y = photometric_augment(x, g)
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
+    assert not torch.allclose(y, x)
+
+
+def test_patch_crop_gives_the_same_scores_as_the_full_extent():
+    from mvfr.hypotheses import cut_patches, patch_crop, texels_near
+
+    torch.manual_seed(0)
+    setup, images, cams, pos, nrm = plane_setup(S=12, D=21, step=0.02)
+    idx = torch.as_tensor(texels_near(setup, 5 * 12 + 5, 2.5))
+    assert 15 < len(idx) < 30
+    sub, origins, W, H = patch_crop(setup, idx, margin_px=12)
+    assert W < setup.width and H <= setup.height
+    steps = torch.linspace(-10, 10, len(idx))
+    pix_full, vis_full = project_hypotheses(setup, idx, steps)
+    pix_sub, vis_sub = project_hypotheses(sub, torch.arange(len(idx)), steps)
+    torch.testing.assert_close(pix_sub + origins[:, None, :].float(), pix_full, atol=1e-3, rtol=0)
+    assert torch.equal(vis_sub, vis_full)
+    u8 = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    patch = cut_patches(u8, origins, W, H)
+    assert patch.shape == (4, H, W, 3)
+    np.testing.assert_array_equal(patch[1], u8[1, origins[1, 1] : origins[1, 1] + H, origins[1, 0] : origins[1, 0] + W])
