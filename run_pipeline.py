@@ -45,7 +45,9 @@ TRAIN_STAGES = [
     ("gen_tex", "gen_tex.py", []),
     ("dpmap_train", "dpmap_pred/train.py", []),
 ]
-DEMO_SYNTHETIC = ["--num_ids", "3", "--num_exps", "1", "--num_views", "10", "--num_eval_ids", "3", "--seed", "2026"]
+DEMO_IMAGE_LONG_SIDE = 648  # the resolution the shipped checkpoints were trained at
+DEMO_SYNTHETIC = ["--num_ids", "3", "--num_exps", "1", "--num_views", "11", "--num_eval_ids", "3", "--first_id", "901",
+                  "--image_long_side", str(DEMO_IMAGE_LONG_SIDE), "--seed", "2026"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -56,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--from", dest="start", default=None, help="first stage to run (a stage name)")
     p.add_argument("--to", dest="stop", default=None, help="last stage to run (a stage name)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="compute device of every stage")
+    p.add_argument("--image_long_side", type=int, default=1296,
+                   help="long side of the processed images, in pixels (the shipped checkpoints were trained at 648)")
     p.add_argument("--overwrite", action="store_true", help="recompute outputs that exist")
     p.add_argument("--ids", nargs="*", default=None, help="only these face ids (PPP_EE)")
     p.add_argument("--demo", action="store_true", help="synthesise demo_data/raw, run the eval chain into demo_data/data")
@@ -75,9 +79,9 @@ def select_stages(stages, start, stop):
 
 def stage_argv(name: str, script: str, extra: list[str], opt: argparse.Namespace) -> list[str]:
     argv = [sys.executable, str(ROOT / script), "--dataroot", opt.dataroot, "--facescape_dataroot", opt.facescape_dataroot]
-    if name != "preprocess_images":
-        argv += ["--split", opt.split]
-    argv += ["--device", opt.device]
+    argv += ["--split", opt.split, "--device", opt.device]
+    if name == "preprocess_images":
+        argv += ["--image_long_side", str(opt.image_long_side)]
     if opt.overwrite:
         argv.append("--overwrite")
     if opt.ids:
@@ -121,6 +125,7 @@ def demo(opt: argparse.Namespace) -> int:
     opt.facescape_dataroot = str(demo_dir / "raw")
     opt.dataroot = str(demo_dir / "data")
     opt.split = "eval"
+    opt.image_long_side = DEMO_IMAGE_LONG_SIDE
     if not (demo_dir / "raw" / "id.json").is_file():
         print("=== synthesising the demo capture set ===", flush=True)
         rc = subprocess.call([sys.executable, str(ROOT / "gen_synthetic.py"), "--out", opt.facescape_dataroot, *DEMO_SYNTHETIC], cwd=ROOT)
