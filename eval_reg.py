@@ -1,0 +1,72 @@
+"""Run the post-regulariser (stage 3): refined position maps and UV-grid meshes.
+
+    python eval_reg.py --dataroot DATA --split eval [--reg_checkpoint predefine_data/checkpoint_reg.pt]
+
+Per face: ``volume/<split>/ori_volume_PPP_EE.npy`` and the base maps -> soft-argmax displacement
+(steps, then capture units) -> ``pred/reg_map/pos_map_PPP_EE.npy`` ([S, S, 3] float32, capture
+units: ``pos_map + norm_map * disp`` on the refined texels, the base ``pos_map`` elsewhere) and
+``pred/reg_mesh/reg_PPP_EE.obj`` (one vertex per refined texel, two triangles per full 2 x 2 quad,
+counter-clockwise seen from outside, with vt and vn). Refined texels: the template's facial mask
+where the base surface exists (no ground truth needed). The network's width comes from the
+checkpoint. Inference runs under ``torch.no_grad()``, tile by tile (``--reg_tile``, ``--reg_overlap``).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+
+from models.reg_net import build_reg_net
+from mvfr.atomic_io import save_npy
+from mvfr.datafolder import DataFolder
+from mvfr.mesh_io import write_obj
+from mvfr.regularisation import load_volume, predict_steps, refine_pos_map, step_units, texel_mask
+from mvfr.runtime import resolve_device, start_stage
+from mvfr.stage import run_faces, select_face_ids
+from mvfr.training import read_checkpoint
+from mvfr.uv_mesh import uv_grid_mesh
+from options import parse_options
+
+CKPT_FORMAT = "mvfr-reg-v1"
+
+
+def main() -> int:
+    opt = parse_options("eval_reg")
+    folder = DataFolder(opt.dataroot)
+    start_stage(opt, folder.options_file("eval_reg"))
+    device = resolve_device(opt.device)
+    ckpt = read_checkpoint(opt.reg_checkpoint, CKPT_FORMAT)
+    model = build_reg_net(ckpt["options"]).to(device)
+    model.load_state_dict(ckpt["model"], strict=True)
+    model.eval()
+    trained = ckpt["options"]
+    if int(trained.get("d_size", opt.d_size)) != opt.d_size or float(trained.get("interval_scale", opt.interval_scale)) != opt.interval_scale:
+        print(
+            f"warning: {opt.reg_checkpoint} was trained with d_size {trained.get('d_size')} / interval_scale "
+            f"{trained.get('interval_scale')} mm, running with {opt.d_size} / {opt.interval_scale} mm",
+            file=sys.stderr,
+        )
+
+    def process(fid: str) -> None:
+        pos = np.load(folder.map(opt.split, "pos_map", fid))
+        nrm = np.load(folder.map(opt.split, "norm_map", fid))
+        vol = load_volume(folder.volume(opt.split, fid), d_size=opt.d_size, size=pos.shape[0])
+        mask = texel_mask(pos, nrm)
+        with torch.no_grad():
+            steps = predict_steps(model, vol, mask, opt.reg_tile, opt.reg_overlap, device)
+        disp = steps * step_units(opt.interval_scale, folder.mm_per_unit(fid))
+        refined = refine_pos_map(pos, nrm, disp, mask)
+        save_npy(folder.reg_map(fid), refined)
+        write_obj(folder.reg_mesh(fid), uv_grid_mesh(refined, mask))
+
+    ids = select_face_ids(folder, opt)
+    summary = run_faces(
+        ids, process, done=lambda f: folder.reg_mesh(f).is_file() and folder.reg_map(f).is_file(), overwrite=opt.overwrite, desc="eval_reg"
+    )
+    return summary.exit_code()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

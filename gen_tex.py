@@ -1,0 +1,61 @@
+"""Blend the views into a UV texture (stage 4) and write the textured mesh.
+
+    python gen_tex.py --dataroot DATA --split eval [--tex_uv_size 1024]
+
+Per face: the regularised surface ``pred/reg_map/pos_map_PPP_EE.npy`` (refined texels as in
+eval_reg.py) is upsampled to ``--tex_uv_size`` and projected into every view; each view is weighted
+by ``cos(normal, view ray) ** --tex_power`` and by visibility (an embree depth test against the
+refined mesh itself, so self-occluded points, e.g. the cheek behind the nose, get no colour from
+that view); colours are averaged, unobserved texels are filled (push-pull). Writes
+``pred/texture/texture_PPP_EE.png`` (row 0 = v 1) and ``pred/texture/textured_PPP_EE.obj`` + ``.mtl``
+that reference it (opens in MeshLab and Blender). ``--tex_exclude_views`` leaves views out (to test
+the texture on a photograph it has not seen, see benchmarks/bench_texture.py).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from mvfr.capture import load_capture
+from mvfr.datafolder import DataError, DataFolder
+from mvfr.mesh_io import write_obj
+from mvfr.regularisation import texel_mask
+from mvfr.runtime import start_stage
+from mvfr.stage import run_faces, select_face_ids
+from mvfr.texture import texture_from_surface
+from options import parse_options
+
+
+def main() -> int:
+    opt = parse_options("gen_tex")
+    folder = DataFolder(opt.dataroot)
+    start_stage(opt, folder.options_file("gen_tex"))
+    exclude = set(opt.tex_exclude_views or [])
+
+    def process(fid: str) -> None:
+        if not folder.reg_map(fid).is_file():
+            raise DataError(f"face {fid} has no regularised surface {folder.reg_map(fid)}; run eval_reg.py first")
+        refined = np.load(folder.reg_map(fid))
+        nrm = np.load(folder.map(opt.split, "norm_map", fid))
+        pos = np.load(folder.map(opt.split, "pos_map", fid))
+        mask = texel_mask(pos, nrm)
+        cap = load_capture(folder, fid, max_views=opt.if_view_num)
+        keep = [k for k, v in enumerate(cap.views) if v not in exclude]
+        if not keep:
+            raise DataError(f"face {fid}: --tex_exclude_views leaves no view to blend")
+        texture, _, mesh = texture_from_surface(
+            refined, mask, [cap.images[k] for k in keep], [cap.cameras[k] for k in keep], opt.tex_uv_size, opt.tex_power, opt.tex_min_cos
+        )
+        write_obj(folder.textured_mesh(fid), mesh, texture_image=texture, texture_name=folder.texture(fid).name)
+
+    ids = select_face_ids(folder, opt)
+    summary = run_faces(
+        ids, process, done=lambda f: folder.texture(f).is_file() and folder.textured_mesh(f).is_file(), overwrite=opt.overwrite, desc="gen_tex"
+    )
+    return summary.exit_code()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""Post-regularisation (stage 3): score volumes, soft-argmax, displacement -> refined surface.
+
+Conventions (shared with the implicit-function stage, DESIGN §1 and §4):
+
+- A score volume is ``[D, S, S]`` (float16 on disk) with scores in (0, 1); hypothesis ``d``
+  (0 .. D-1) of texel (i, j) is the point ``pos_map[i, j] + norm_map[i, j] * (d - (D-1)/2) * step``.
+- ``step`` in capture units is ``interval_scale_mm / mm_per_unit`` (:func:`step_units`).
+- Displacements are handled in **steps** inside this module and the network (the loss compares
+  steps with steps: the ground truth ``mv_map`` in capture units is divided by ``step``), and
+  converted to capture units only to build the refined surface.
+
+Functions are pure (arrays in, arrays out) except :func:`load_volume`, the one reader.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DEFAULT_CROP = 32  # training patch side, in texels
+DEFAULT_TILE = 64  # inference tile side (interior), in texels
+DEFAULT_OVERLAP = 16  # inference tile margin on each side, in texels
+
+
+# ------------------------------------------------------------------------------------ conversions
+
+
+def step_units(interval_scale_mm: float, mm_per_unit: float) -> float:
+    """Step between hypotheses in capture units: ``interval_scale_mm / mm_per_unit``."""
+    if not interval_scale_mm > 0 or not mm_per_unit > 0:
+        raise ValueError(f"interval_scale ({interval_scale_mm} mm) and mm_per_unit ({mm_per_unit}) must be positive")
+    return float(interval_scale_mm) / float(mm_per_unit)
+
+
+def hypothesis_offsets(d_size: int) -> np.ndarray:
+    """Displacement of each hypothesis in steps: ``[D]`` float64, ``d - (D - 1) / 2``."""
+    if d_size < 1:
+        raise ValueError(f"d_size must be >= 1, got {d_size}")
+    return np.arange(d_size, dtype=np.float64) - (d_size - 1) / 2.0
+
+
+def gt_steps(mv_map: np.ndarray, step: float, d_size: int) -> np.ndarray:
+    """Ground-truth displacement ``mv_map [S, S]`` (capture units) -> steps ``[S, S]`` float32,
+    clipped to the hypothesis range ``+-(D - 1) / 2``."""
+    half = (d_size - 1) / 2.0
+    return np.clip(np.asarray(mv_map, dtype=np.float64) / step, -half, half).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------- soft-argmax
+
+
+def soft_argmax(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Expected hypothesis offset, in steps, under ``softmax(logits)`` along ``dim`` (size D).
+
+    ``logits [B, D, H, W]`` -> ``[B, H, W]``; hypothesis d contributes ``d - (D - 1) / 2``.
+    Differentiable; follows the device and dtype of ``logits``.
+    """
+    D = logits.shape[dim]
+    prob = torch.softmax(logits, dim=dim)
+    shape = [1] * logits.dim()
+    shape[dim] = D
+    offsets = (torch.arange(D, device=logits.device, dtype=logits.dtype) - (D - 1) / 2.0).view(shape)
+    return (prob * offsets).sum(dim)
+
+
+def argmax_steps(volume: np.ndarray) -> np.ndarray:
+    """Hard argmax of a score volume ``[D, S, S]`` -> displacement in steps ``[S, S]`` float32
+    (the implicit function's own answer, the baseline the regulariser must beat)."""
+    volume = np.asarray(volume)
+    return (np.argmax(volume, axis=0) - (volume.shape[0] - 1) / 2.0).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------- volumes
+
+
+def load_volume(path: str | os.PathLike, d_size: int | None = None, size: int | None = None) -> np.ndarray:
+    """Read ``ori_volume_PPP_EE.npy`` -> ``[D, S, S]`` float32; errors name the file and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"score volume {path} does not exist; run eval_if.py for this face and split first")
+    try:
+        vol = np.load(path, mmap_mode="r")
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"score volume {path} cannot be read ({exc}); rerun eval_if.py --overwrite") from exc
+    if vol.ndim != 3 or vol.shape[1] != vol.shape[2]:
+        raise ValueError(f"score volume {path} has shape {vol.shape}, expected [D, S, S]")
+    if d_size is not None and vol.shape[0] != d_size:
+        raise ValueError(f"score volume {path} has D = {vol.shape[0]} hypotheses but --d_size is {d_size}; use the same --d_size as eval_if.py")
+    if size is not None and vol.shape[1] != size:
+        raise ValueError(f"score volume {path} is {vol.shape[1]}x{vol.shape[2]} texels but the maps are {size}x{size}")
+    vol = np.asarray(vol, dtype=np.float32)
+    if not np.isfinite(vol).all():
+        raise ValueError(f"score volume {path} contains NaN or infinity; rerun eval_if.py --overwrite")
+    return vol
+
+
+def surface_mask(pos_map: np.ndarray, norm_map: np.ndarray, facial_mask: np.ndarray | None = None) -> np.ndarray:
+    """Texels with a usable base surface: finite position, unit normal, inside ``facial_mask`` when given.
+
+    ``pos_map [S, S, 3]``, ``norm_map [S, S, 3]``, ``facial_mask [S, S]`` bool -> ``[S, S]`` bool.
+    Used in eval mode, where no ``valid_map`` (which needs ground truth) exists.
+    """
+    ok = np.isfinite(pos_map).all(-1) & np.isfinite(norm_map).all(-1)
+    ok &= np.abs(np.linalg.norm(np.nan_to_num(norm_map), axis=-1) - 1.0) < 1e-2
+    if facial_mask is not None:
+        if facial_mask.shape != ok.shape:
+            raise ValueError(f"facial mask {facial_mask.shape} does not match the maps {ok.shape}")
+        ok &= facial_mask.astype(bool)
+    return ok
+
+
+def random_crops(
+    volumes: list[np.ndarray],
+    targets: list[np.ndarray],
+    valids: list[np.ndarray],
+    crop: int,
+    batch: int,
+    rng: np.random.Generator,
+    masks: list[np.ndarray] | None = None,
+    min_valid: float = 0.25,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A training batch of random ``D x crop x crop`` patches from several faces.
+
+    ``volumes[k] [D, S, S]``, ``targets[k] [S, S]`` steps, ``valids[k] [S, S]`` bool (loss texels),
+    ``masks[k] [S, S]`` bool (the network's surface mask; default: ``valids``) ->
+    ``volume [B, D, c, c]`` float32, ``target [B, c, c]``, ``valid [B, c, c]``, ``mask [B, c, c]``
+    (torch, CPU; ``c = min(crop, S)``). Patches are drawn where at least ``min_valid`` of the
+    texels are valid (20 tries, then any); half of them are mirrored left-right.
+    """
+    if not volumes:
+        raise ValueError("random_crops needs at least one volume")
+    masks = valids if masks is None else masks
+    vb, tb, vab, mb = [], [], [], []
+    for _ in range(batch):
+        k = int(rng.integers(len(volumes)))
+        vol, tgt, val, msk = volumes[k], targets[k], valids[k], masks[k]
+        S = vol.shape[1]
+        c = min(crop, S)
+        for _try in range(20):
+            i, j = (int(x) for x in rng.integers(0, S - c + 1, size=2))
+            if val[i : i + c, j : j + c].mean() >= min_valid:
+                break
+        parts = [vol[:, i : i + c, j : j + c], tgt[i : i + c, j : j + c], val[i : i + c, j : j + c], msk[i : i + c, j : j + c]]
+        if rng.random() < 0.5:  # mirror u: the network must not depend on the chart's handedness
+            parts = [x[..., ::-1] for x in parts]
+        for lst, x in zip((vb, tb, vab, mb), parts):
+            lst.append(x)
+
+    def to(xs, dt):
+        return torch.from_numpy(np.ascontiguousarray(np.stack(xs))).to(dt)
+
+    return to(vb, torch.float32), to(tb, torch.float32), to(vab, torch.bool), to(mb, torch.bool)
+
+
+def texel_mask(pos_map: np.ndarray, norm_map: np.ndarray) -> np.ndarray:
+    """The texels the regulariser refines (and its meshes contain), without ground truth: the
+    implicit function's search mask (:func:`mvfr.hypotheses.search_mask`: covered by the base mesh
+    and inside the template's facial mask), so IF and reg meshes cover the same region. ``[S, S]`` bool."""
+    from mvfr.hypotheses import search_mask
+
+    return search_mask(pos_map, norm_map) & np.isfinite(pos_map).all(-1) & np.isfinite(norm_map).all(-1)
+
+
+def reg_loss(pred_steps: torch.Tensor, target_steps: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Smooth-L1 (Huber, delta 1 step) between predicted and GT displacement in steps, on valid texels only.
+
+    ``pred_steps, target_steps [B, H, W]``, ``valid [B, H, W]`` bool -> scalar. Zero (with a
+    gradient path) when no texel is valid.
+    """
+    if pred_steps.shape != target_steps.shape or pred_steps.shape != valid.shape:
+        raise ValueError(f"shapes differ: pred {tuple(pred_steps.shape)}, target {tuple(target_steps.shape)}, valid {tuple(valid.shape)}")
+    if not valid.any():
+        return pred_steps.sum() * 0.0
+    return F.smooth_l1_loss(pred_steps[valid], target_steps[valid], beta=1.0)
+
+
+# -------------------------------------------------------------------------------------- inference
+
+
+def _tiles(size: int, tile: int) -> list[int]:
+    starts = list(range(0, max(size - tile, 0) + 1, tile))
+    if starts[-1] + tile < size:
+        starts.append(size - tile)
+    return starts
+
+
+@torch.no_grad()
+def predict_steps(
+    model: torch.nn.Module,
+    volume: np.ndarray,
+    mask: np.ndarray,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Regularised displacement, in steps, of a whole score volume, tile by tile.
+
+    ``volume [D, S, S]``, ``mask [S, S]`` bool -> ``[S, S]`` float32 steps (0 outside the mask).
+    Each ``tile x tile`` block is predicted from a window with ``overlap`` extra texels on every
+    side (clamped at the borders), so the result does not depend on the tiling as long as the
+    overlap covers the network's useful receptive field. Peak memory ~ one window of
+    ``D x (tile + 2 overlap)^2`` voxels times the network width.
+    """
+    D, S, S2 = volume.shape
+    if S != S2 or mask.shape != (S, S):
+        raise ValueError(f"volume {volume.shape} and mask {mask.shape} do not agree (expected [D, S, S] and [S, S])")
+    model.eval()
+    out = np.zeros((S, S), dtype=np.float32)
+    tile = min(tile, S)
+    for i0 in _tiles(S, tile):
+        for j0 in _tiles(S, tile):
+            if not mask[i0 : i0 + tile, j0 : j0 + tile].any():
+                continue
+            a0, a1 = max(i0 - overlap, 0), min(i0 + tile + overlap, S)
+            b0, b1 = max(j0 - overlap, 0), min(j0 + tile + overlap, S)
+            v = torch.from_numpy(np.ascontiguousarray(volume[:, a0:a1, b0:b1], dtype=np.float32))[None].to(device)
+            m = torch.from_numpy(np.ascontiguousarray(mask[a0:a1, b0:b1]))[None].to(device)
+            steps = soft_argmax(model(v, m), dim=1)[0].cpu().numpy()
+            out[i0 : i0 + tile, j0 : j0 + tile] = steps[i0 - a0 : i0 - a0 + tile, j0 - b0 : j0 - b0 + tile]
+    out[~mask] = 0.0
+    return out
+
+
+def refine_pos_map(pos_map: np.ndarray, norm_map: np.ndarray, disp_units: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Refined surface: ``pos_map + norm_map * disp`` on valid texels, the base surface elsewhere.
+
+    ``pos_map, norm_map [S, S, 3]`` capture units / unit normals, ``disp_units [S, S]`` capture
+    units, ``valid [S, S]`` bool -> ``[S, S, 3]`` float32, capture units.
+    """
+    if pos_map.shape != norm_map.shape or pos_map.shape[:2] != disp_units.shape or valid.shape != disp_units.shape:
+        raise ValueError(f"shapes differ: pos {pos_map.shape}, norm {norm_map.shape}, disp {disp_units.shape}, valid {valid.shape}")
+    out = np.asarray(pos_map, dtype=np.float64).copy()
+    out[valid] += norm_map[valid] * np.asarray(disp_units, dtype=np.float64)[valid, None]
+    return out.astype(np.float32)
+
+
+def steps_error_mm(pred_steps: np.ndarray, target_steps: np.ndarray, valid: np.ndarray, interval_scale_mm: float) -> float:
+    """Mean absolute displacement error on valid texels, in mm (a quick training/validation figure)."""
+    if not valid.any():
+        return float("nan")
+    return float(np.abs(pred_steps[valid] - target_steps[valid]).mean() * interval_scale_mm)
+
+
+# ------------------------------------------------------------------------------ synthetic volumes
+
+
+def synthetic_score_volume(
+    target_steps: np.ndarray,
+    mask: np.ndarray,
+    rng: np.random.Generator,
+    sigma_steps: float = 5.0,
+    bias_std: float = 1.5,
+    jitter_std: float = 1.0,
+    outlier_rate: float = 0.15,
+    noise_std: float = 0.03,
+    d_size: int = 201,
+) -> np.ndarray:
+    """An implicit-function-like score volume around a known displacement (tests and pre-training).
+
+    ``target_steps [S, S]`` (the true displacement, steps), ``mask [S, S]`` bool -> ``[D, S, S]``
+    float32 in [0, 1], 0 outside the mask. Per texel: a Gaussian peak of width ``sigma_steps`` x
+    U(0.8, 1.5) and height U(0.5, 1) at the target plus a spatially smooth error (std ``bias_std``
+    steps, a 5-texel blur) plus white jitter (``jitter_std``); with probability ``outlier_rate`` a
+    second, random peak that may be higher than the true one; additive noise (``noise_std``).
+    """
+    import cv2
+
+    S = target_steps.shape[0]
+    smooth = cv2.GaussianBlur(rng.normal(0, 1, (S, S)).astype(np.float32), (0, 0), 5.0)
+    smooth *= bias_std / max(float(smooth.std()), 1e-6)
+    centre = target_steps + smooth + rng.normal(0, jitter_std, (S, S))
+    width = sigma_steps * rng.uniform(0.8, 1.5, (S, S))
+    height = rng.uniform(0.5, 1.0, (S, S))
+    off = hypothesis_offsets(d_size).astype(np.float32)[:, None, None]
+    vol = height * np.exp(-((off - centre) ** 2) / (2 * width**2))
+    half = (d_size - 1) / 2.0
+    wrong = rng.uniform(-half, half, (S, S))
+    has = (rng.random((S, S)) < outlier_rate) * rng.uniform(0.3, 1.0, (S, S))
+    vol += has * np.exp(-((off - wrong) ** 2) / (2 * width**2))
+    vol += rng.normal(0, noise_std, vol.shape).astype(np.float32)
+    return (np.clip(vol, 0.0, 1.0) * mask).astype(np.float32)
