@@ -46,10 +46,21 @@ def render_mesh(vertices, faces, K, Rt, width, height, colors=None) -> np.ndarra
     faces = np.asarray(faces)
     if colors is None:
         colors = np.full((len(vertices), 3), 0.72**2.2)
+    # Lights fixed to the camera (the capture's world frame is arbitrary): a key light from the
+    # upper left of the viewer and a fill from the right, both in front of the face.
+    R = np.asarray(Rt)[:, :3]
+    to_camera = -R[2]
+    key = to_camera - 0.45 * R[0] - 0.35 * R[1]
+    fill = to_camera + 0.6 * R[0]
+    light = Lighting(
+        directions=np.stack([key / np.linalg.norm(key), fill / np.linalg.norm(fill)]),
+        colors=np.array([[0.8, 0.8, 0.8], [0.3, 0.3, 0.3]]),
+        ambient=(0.2, 0.2, 0.2),
+        spec_strength=0.05,
+    )
     r = Renderer()
     try:
         r.set_mesh(RenderMesh(vertices, faces, vertex_normals(vertices, faces), colors=colors))
-        light = Lighting(spec_strength=0.04) if colors is not None else Lighting()
         rgb, alpha = r.render(K, Rt, width, height, light)
     finally:
         r.release()
