@@ -16,8 +16,8 @@ from mvfr.stage import run_faces, select_face_ids
 from options import parse_options
 
 
-def main() -> int:
-    opt = parse_options("evaluate")
+def main(argv=None) -> int:
+    opt = parse_options("evaluate", argv)
     folder, raw = DataFolder(opt.dataroot), RawFolder(opt.facescape_dataroot)
     start_stage(opt, folder.options_file("evaluate"))
     per_face: dict = {}
