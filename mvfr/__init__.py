@@ -2,14 +2,28 @@
 
 Modules (each holds one concern; the stage scripts at the repository root call into them):
 
-- ``datafolder``    every path of the DATA_FOLDER and RAW trees (no other code joins path strings)
-- ``atomic_io``     atomic writes of arrays, JSON, images and text
-- ``runtime``       device choice, seeding, environment logging, option saving
-- ``camera``        FaceScape ``params.json`` reading/validation, projection, rays, grid_sample convention
-- ``mesh_io``       OBJ (v, vt, vn, f, MTL + texture) and PLY reading and writing
-- ``template``      the MediaPipe canonical face template shipped in ``predefine_data/``
-- ``uv_rasterizer`` texel -> (face, barycentrics) tables and attribute maps in UV space
-- ``metrics``       per-stage geometric error figures in mm
+- ``datafolder``     every path of the DATA_FOLDER and RAW trees (no other code joins path strings)
+- ``atomic_io``      atomic writes of arrays, JSON, images and text; checked image reading
+- ``runtime``        device choice, seeding, environment logging, option saving
+- ``stage``          the per-face loop of every stage script (skip, isolate failures, summary)
+- ``camera``         FaceScape ``params.json`` reading/validation, projection, rays, grid_sample convention
+- ``capture``        the processed views and cameras of one face
+- ``mesh_io``        OBJ (v, vt, vn, f, MTL + texture) and PLY reading and writing
+- ``template``       the MediaPipe canonical face template shipped in ``predefine_data/``
+- ``subdivision``    Loop subdivision as cached sparse operators
+- ``uv_rasterizer``  texel -> (face, barycentrics) tables, attribute maps, the facial mask
+- ``landmarks``      the MediaPipe FaceLandmarker wrapper
+- ``triangulation``  robust multi-view landmark triangulation
+- ``fitting``        similarity + ARAP template fit -> base mesh
+- ``base_maps``      position/normal maps and ground-truth displacement (embree)
+- ``hypotheses``     hypotheses along the normals, visibility, sampling, coarse-to-fine search
+- ``training``       checkpoints, resume, JSON-lines logs, loss curves
+- ``uv_mesh``        UV-grid meshes from position maps
+- ``regularisation`` score volumes, soft-argmax, refined position maps
+- ``texture``        visibility- and angle-weighted texture blending
+- ``metrics``        per-stage geometric error figures in mm; ``evaluation`` applies them to a DATA_FOLDER
+- ``render``         offscreen moderngl rendering; ``report`` the HTML report
+- ``synthesis``      the synthetic FaceScape-layout data generator; ``preprocess`` RAW -> DATA_FOLDER
 """
 
 __version__ = "0.1.0"
