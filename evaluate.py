@@ -37,4 +37,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mvfr.runtime import run_main
+
+    sys.exit(run_main(main))

@@ -135,4 +135,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mvfr.runtime import run_main
+
+    sys.exit(run_main(main))

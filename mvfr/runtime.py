@@ -87,3 +87,20 @@ def check_writable(folder: str | Path) -> None:
         raise SystemExit(
             f"error: cannot write to {folder} ({exc.strerror or exc}); choose a --dataroot on a writable disk"
         ) from None
+
+
+def run_main(main) -> int:
+    """Run a stage script's ``main``; a stage-level input error prints one clear line and exits with 2.
+
+    Per-face errors are handled by :func:`mvfr.stage.run_faces`; this catches what stops a whole stage
+    before any face (a bad or mismatched checkpoint, missing metadata, an unknown face id).
+    """
+    from mvfr.camera import CameraError
+    from mvfr.datafolder import DataError
+    from mvfr.training import CheckpointError
+
+    try:
+        return main()
+    except (CheckpointError, DataError, CameraError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -89,19 +89,25 @@ def save_checkpoint(
     return path
 
 
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, of another stage, or does not fit the network; names the file."""
+
+
 def read_checkpoint(path: str | os.PathLike, fmt: str | None = None) -> dict[str, Any]:
     """Load a checkpoint dict with ``weights_only=True`` (on CPU); ``fmt`` checks its ``format``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; train first or pass the right path")
+        raise CheckpointError(f"checkpoint {path} does not exist; train first or pass the right path")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or not a plain-dict checkpoint
-        raise ValueError(f"checkpoint {path} could not be loaded with weights_only=True: {exc}") from exc
+        raise CheckpointError(f"checkpoint {path} could not be loaded with weights_only=True: {exc}") from exc
     if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise ValueError(f"checkpoint {path} is not a plain-dict checkpoint (no 'model' key)")
+        raise CheckpointError(f"checkpoint {path} is not a plain-dict checkpoint (no 'model' key)")
     if fmt is not None and ckpt.get("format") != fmt:
-        raise ValueError(f"checkpoint {path} has format {ckpt.get('format')!r}, expected {fmt!r}")
+        raise CheckpointError(
+            f"checkpoint {path} has format {ckpt.get('format')!r}, expected {fmt!r}: it belongs to another stage"
+        )
     return ckpt
 
 
@@ -113,7 +119,14 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Load weights (``strict=True``) and, when given, the optimizer state; returns the checkpoint dict."""
     ckpt = read_checkpoint(path, fmt)
-    model.load_state_dict(ckpt["model"], strict=True)
+    try:
+        model.load_state_dict(ckpt["model"], strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise CheckpointError(
+            f"checkpoint {path} does not fit the network built from the options ({first[1].strip() if len(first) > 1 else first[0]}); "
+            "run with the options it was trained with (they are stored in it) or retrain"
+        ) from None
     if optimizer is not None and ckpt.get("optimizer") is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
     return ckpt

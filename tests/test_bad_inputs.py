@@ -139,3 +139,36 @@ def test_face_the_detector_cannot_find(raw, tmp_path, capsys):
                         "--ids", "002_01", "--uv_size", "64"])
     err = capsys.readouterr().err
     assert rc != 0 and "FAILED 002_01" in err and "no face found" in err and str(data.image_dir("002_01")) in err
+
+
+def test_checkpoint_of_the_wrong_architecture_or_stage(tmp_path):
+    import torch
+
+    from mvfr.training import CheckpointError, load_checkpoint, save_checkpoint
+
+    small, big = torch.nn.Linear(3, 4), torch.nn.Linear(3, 5)
+    path = save_checkpoint(tmp_path / "ck.pt", small, None, 1, 0, {}, "fmt-a")
+    with pytest.raises(CheckpointError, match=r"ck\.pt does not fit the network .*retrain"):
+        load_checkpoint(path, big, fmt="fmt-a")
+    with pytest.raises(CheckpointError, match="belongs to another stage"):
+        load_checkpoint(path, small, fmt="fmt-b")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"bad\.pt could not be loaded"):
+        load_checkpoint(tmp_path / "bad.pt", small)
+
+
+def test_stage_script_with_another_stages_checkpoint_exits_cleanly(tmp_path, capsys, monkeypatch):
+    import eval_reg
+
+    from conftest import ROOT
+    from mvfr.atomic_io import save_json
+    from mvfr.runtime import run_main
+
+    data = DataFolder(tmp_path / "data")
+    save_json(data.id_json, {"train": [], "eval": ["001_01"]})
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr("sys.argv", ["eval_reg.py", "--dataroot", str(data.root), "--split", "eval",
+                                     "--reg_checkpoint", "predefine_data/checkpoint_if.pt"])
+    assert run_main(eval_reg.main) == 2
+    err = capsys.readouterr().err
+    assert "error: checkpoint predefine_data/checkpoint_if.pt" in err and "belongs to another stage" in err

@@ -324,7 +324,7 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
     assert resume(tmp_path / "none", m2) == (0, 0)
     with pytest.raises(ValueError):
         read_checkpoint(list_checkpoints(tmp_path)[-1], fmt="other")
-    with pytest.raises(RuntimeError):  # strict=True
+    with pytest.raises(ValueError, match="does not fit the network"):  # strict=True, reported as a CheckpointError
         load_checkpoint(list_checkpoints(tmp_path)[-1], ImplicitFunction(8, [9, 8, 1]))
 
 
