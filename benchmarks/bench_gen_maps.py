@@ -35,7 +35,8 @@ sys.path.insert(0, str(ROOT))
 from mvfr.atomic_io import save_json  # noqa: E402
 from mvfr.camera import read_params  # noqa: E402
 from mvfr.evaluation import evaluate_face  # noqa: E402
-from mvfr.triangulation import load_landmarks, project  # noqa: E402
+from mvfr.camera import project_points  # noqa: E402
+from mvfr.triangulation import load_landmarks  # noqa: E402
 
 
 def main() -> int:
@@ -78,8 +79,8 @@ def main() -> int:
             cams = read_params(maker.folder.params(fid))
             K = np.stack([cams[v].K for v in lm["views"]])
             Rt = np.stack([cams[v].Rt for v in lm["views"]])
-            p_est, _ = project(lm["points3d"][ok], K, Rt)
-            p_gt, _ = project(gt[ok], K, Rt)
+            p_est, _ = project_points(lm["points3d"][ok], K, Rt)
+            p_gt, _ = project_points(gt[ok], K, Rt)
             row["gt_reproj_median_px"] = float(np.median(np.linalg.norm(p_est - p_gt, axis=-1)))
             row["image_long_side"] = max(cams[lm["views"][0]].width, cams[lm["views"][0]].height)
         faces[fid] = row

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mvfr.atomic_io import save_json
-from mvfr.camera import camera_center
+from mvfr.camera import camera_center, project_points
 
 log = logging.getLogger(__name__)
 
@@ -86,21 +86,12 @@ def _check_inputs(pix: np.ndarray, K: np.ndarray, Rt: np.ndarray) -> tuple[np.nd
     return pix, K, Rt
 
 
-def project(points: np.ndarray, K: np.ndarray, Rt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``points [N, 3]`` world -> ``pix [V, N, 2]`` pixels, ``depth [V, N]`` camera z (world units)."""
-    cam = points @ Rt[:, :, :3].transpose(0, 2, 1) + Rt[:, None, :, 3]  # [V, N, 3]
-    h = cam @ K.transpose(0, 2, 1)
-    z = cam[..., 2]
-    zs = np.where(np.abs(h[..., 2]) < 1e-12, 1e-12, h[..., 2])
-    return h[..., :2] / zs[..., None], z
-
-
 def reprojection_errors(points: np.ndarray, pix: np.ndarray, K: np.ndarray, Rt: np.ndarray) -> np.ndarray:
     """Pixel distance [V, N] between ``pix [V, N, 2]`` and the projection of ``points [N, 3]``.
 
     inf where the point is behind the camera; NaN where ``pix`` or the point is NaN.
     """
-    proj, depth = project(points, K, Rt)
+    proj, depth = project_points(points, K, Rt)
     err = np.linalg.norm(proj - pix, axis=-1)
     return np.where(depth > 0, err, np.where(np.isnan(err), np.nan, np.inf))
 
@@ -305,7 +296,7 @@ def landmark_visibility(
     depth = np.einsum("vk,nk->vn", Rt[:, 2, :3], points) + Rt[:, None, 2, 3]
     vis &= depth > 0
     if K is not None and sizes is not None:
-        pix, _ = project(points, np.asarray(K, dtype=np.float64), Rt)
+        pix, _ = project_points(points, np.asarray(K, dtype=np.float64), Rt)
         for v, (w, h) in enumerate(sizes):
             x, y = pix[v, :, 0], pix[v, :, 1]
             vis[v] &= (x >= -0.5) & (x <= w - 0.5) & (y >= -0.5) & (y <= h - 0.5)
