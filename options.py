@@ -59,6 +59,13 @@ def add_if_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--interval_scale", type=float, default=0.2, help="step between hypotheses, in mm")
     g.add_argument("--points_num", type=int, default=4096, help="texels sampled per face and training step")
     g.add_argument("--sigma", type=float, default=1.0, help="width of the Gaussian matching-score target, in mm")
+    g.add_argument(
+        "--offset_jitter",
+        type=float,
+        default=4.0,
+        help="training: uniform noise (+- mm) added to the offset d the MLP is given, so that the score "
+        "comes from photo-consistency rather than a prior that the surface lies near the base mesh (0: off)",
+    )
     g.add_argument("--mlp_dim", type=_int_list, default=[129, 1024, 512, 256, 128, 1], help="MLP widths, '-' separated")
     g.add_argument("--feature_channels", type=int, default=128, help="channels of the per-view CNN feature")
     g.add_argument("--if_learning_rate", type=float, default=1e-4, help="Adam learning rate of the implicit function")

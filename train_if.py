@@ -7,7 +7,8 @@ hypotheses of one random UV patch of that face (a disc of radius S/8 texels arou
 texel; every view is cropped to the patch's projections plus a margin, so the CNN runs on a small
 part of each image): texels drawn where ``valid_map`` is set, offsets 80% near the ground truth
 (Gaussian, 2 mm) and 20% uniform over the range, label ``exp(-delta^2 / (2 sigma^2))`` (``--sigma``
-mm). The images get a random photometric change (brightness, contrast, per-view colour gains).
+mm). The offset d the MLP is given carries uniform noise of +-``--offset_jitter`` mm: without it the
+network learns that the surface lies near the base mesh and pulls its answers toward d = 0. The images get a random photometric change (brightness, contrast, per-view colour gains).
 
 Writes DATA/checkpoints/if/step_XXXXXXXX.pt (resumed from automatically; the last 3 are kept),
 DATA/checkpoints/if/checkpoint_if.pt (weights only, what eval_if.py reads via --if_checkpoint),
@@ -110,7 +111,11 @@ def main() -> int:
             steps_t = torch.as_tensor(steps, dtype=torch.float32, device=device)
             target = score_target(steps_t, torch.as_tensor(gt_patch[ti], dtype=torch.float32, device=device), sigma_steps)
             images = photometric_augment(images_to_tensor(cut_patches(f.images, origins, W, H), device), gen)
-            score, ok = model(images, setup, ti_t, steps_t)
+            jitter = None
+            if opt.offset_jitter > 0:
+                j = opt.offset_jitter / f.mm_per_unit / f.step
+                jitter = torch.as_tensor(rng.uniform(-j, j, len(steps)), dtype=torch.float32, device=device)
+            score, ok = model(images, setup, ti_t, steps_t, jitter)
             loss = ((score - target) ** 2)[ok].mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -73,15 +73,31 @@ class ImplicitFunction(nn.Module):
         score = torch.sigmoid(logit.float())
         return score * ok.to(score.dtype), ok
 
-    def score_hypotheses(self, features: ViewFeatures, setup: FaceHypotheses, texel_index: torch.Tensor, steps: torch.Tensor):
+    def score_hypotheses(
+        self,
+        features: ViewFeatures,
+        setup: FaceHypotheses,
+        texel_index: torch.Tensor,
+        steps: torch.Tensor,
+        offset_jitter: torch.Tensor | None = None,
+    ):
         """Score hypotheses of one face: ``texel_index [M]``, ``steps [M]`` (signed offsets in steps)
-        -> ``score [M]``, ``ok [M]``."""
+        -> ``score [M]``, ``ok [M]``. ``offset_jitter [M]`` (steps, training only) is added to the
+        offset the MLP is given, not to where the hypothesis is sampled."""
         samples, vis = sample_hypothesis_features(features, setup, texel_index, steps)
-        return self.score_samples(samples, vis, normalise_offset(steps.float(), setup.d_size))
+        d_in = steps.float() if offset_jitter is None else steps.float() + offset_jitter
+        return self.score_samples(samples, vis, normalise_offset(d_in, setup.d_size))
 
-    def forward(self, images: torch.Tensor, setup: FaceHypotheses, texel_index: torch.Tensor, steps: torch.Tensor):
+    def forward(
+        self,
+        images: torch.Tensor,
+        setup: FaceHypotheses,
+        texel_index: torch.Tensor,
+        steps: torch.Tensor,
+        offset_jitter: torch.Tensor | None = None,
+    ):
         """Training path: ``images [V, 3, H, W]`` -> ``score [M]``, ``ok [M]``."""
-        return self.score_hypotheses(self.view_features(images), setup, texel_index, steps)
+        return self.score_hypotheses(self.view_features(images), setup, texel_index, steps, offset_jitter)
 
 
 def build_implicit_function(options: Mapping[str, Any]) -> ImplicitFunction:

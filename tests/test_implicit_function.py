@@ -13,12 +13,14 @@ from mvfr.hypotheses import (
     full_search,
     hypothesis_points,
     images_to_tensor,
+    normalise_offset,
     occlusion_mask,
     project_hypotheses,
     sample_training_hypotheses,
     score_target,
     step_offsets,
     sample_image_reference,
+    sample_hypothesis_features,
     sample_views,
     ViewFeatures,
 )
@@ -212,6 +214,22 @@ def test_model_shapes_and_bad_mlp_dim():
     with pytest.raises(ValueError):
         ImplicitFunction(8, [9, 4, 2])
     assert build_implicit_function({"feature_channels": 8, "mlp_dim": [9, 4, 1]}).mlp_dim == [9, 4, 1]
+
+
+def test_offset_jitter_moves_only_the_mlp_offset_input():
+    setup, images, *_ = plane_setup()
+    m = tiny_model()
+    feats = m.view_features(images)
+    ti, steps = torch.arange(10), torch.linspace(-5, 5, 10)
+    jitter = torch.linspace(3, -3, 10)
+    plain, _ = m.score_hypotheses(feats, setup, ti, steps)
+    zero, _ = m.score_hypotheses(feats, setup, ti, steps, torch.zeros(10))
+    jittered, _ = m.score_hypotheses(feats, setup, ti, steps, jitter)
+    samples, vis = sample_hypothesis_features(feats, setup, ti, steps)  # sampled where the hypothesis is
+    expected, _ = m.score_samples(samples, vis, normalise_offset(steps + jitter, setup.d_size))
+    assert torch.equal(plain, zero)
+    assert torch.allclose(jittered, expected, atol=1e-6)
+    assert not torch.allclose(jittered, plain, atol=1e-6)
 
 
 def test_training_step_lowers_loss_on_fixed_batch():
