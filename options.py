@@ -70,6 +70,8 @@ def add_if_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--feature_channels", type=int, default=128, help="channels of the per-view CNN feature")
     g.add_argument("--if_learning_rate", type=float, default=1e-4, help="Adam learning rate of the implicit function")
     g.add_argument("--if_training_epoch", type=int, default=20, help="training epochs (passes over the training faces)")
+    g.add_argument("--if_faces_per_step", type=int, default=0,
+                   help="training faces per optimiser step (the global batch, split over torchrun processes); 0 = one per process")
     g.add_argument("--if_checkpoint", type=str, default="predefine_data/checkpoint_if.pt", help="checkpoint to evaluate")
     g.add_argument("--num_sample", type=int, default=65536, help="points per inference chunk (bounds memory)")
     g.add_argument("--search", choices=("c2f", "full"), default="c2f", help="coarse-to-fine or exhaustive search over D")

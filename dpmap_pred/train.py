@@ -23,6 +23,11 @@ with Adam (learning rate decaying linearly to 0 over the second half). Writes
 ``--dp_checkpoint``; copy it to ``predefine_data/`` to ship), ``DATA/logs/dpmap/train_dpmap.jsonl``,
 ``loss.png`` and ``DATA/logs/options_dpmap_train.json``. With ground truth for the eval split, the
 log also records the Pearson correlation of full-map predictions on up to 2 eval faces.
+
+Under ``torchrun --nproc_per_node N`` (DistributedDataParallel, gloo on CPU / nccl on GPU) the
+global batch of ``--dp_batch_size`` crops is split over the N processes: crop i of step s is drawn
+from the seed, s and i alone, and rank r takes crops r, r + N, ...; the losses are normalised by
+the global batch's counts, so N processes compute the same step as one. Rank 0 logs and writes.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 if __package__ in (None, ""):  # run as a script: put the repository root on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -44,6 +50,7 @@ from tqdm import tqdm
 
 from dpmap_pred.inference import FORMAT, build_generator, dpmap_scores, predict_dpmap, resize_image
 from dpmap_pred.networks import PatchDiscriminator, count_parameters, uv_grid
+from mvfr import distributed
 from mvfr.atomic_io import load_image
 from mvfr.datafolder import DataError, DataFolder, RawFolder
 from mvfr.uv_rasterizer import load_facial_mask
@@ -112,14 +119,15 @@ def colour_jitter(images: torch.Tensor, gen: torch.Generator, brightness=0.1, co
     return out.clamp(0.0, 1.0)
 
 
-def masked_l1(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean |pred - target| over valid texels (``[B, 1, H, W]`` each)."""
+def masked_l1_sum(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of |pred - target| over valid texels and their number (``[B, 1, H, W]`` each)."""
     v = valid.to(pred.dtype)
-    return ((pred - target).abs() * v).sum() / v.sum().clamp_min(1.0)
+    return ((pred - target).abs() * v).sum(), v.sum()
 
 
-def gradient_l1(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """L1 of the finite differences (mm per texel) along x and y, where both texels are valid."""
+def gradient_l1_sum(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of the L1 of the finite differences (mm per texel) along x and y where both texels are
+    valid, and the number of such pairs."""
     v = valid.to(pred.dtype)
     loss, n = pred.new_zeros(()), pred.new_zeros(())
     for dim in (2, 3):
@@ -128,7 +136,7 @@ def gradient_l1(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -
         vv = v.narrow(dim, 1, v.shape[dim] - 1) * v.narrow(dim, 0, v.shape[dim] - 1)
         loss = loss + ((dp - dt).abs() * vv).sum()
         n = n + vv.sum()
-    return loss / n.clamp_min(1.0)
+    return loss, n
 
 
 def pyramid(x: torch.Tensor, valid: torch.Tensor, levels: int):
@@ -145,19 +153,121 @@ def pyramid(x: torch.Tensor, valid: torch.Tensor, levels: int):
     return out
 
 
-def pyramid_losses(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pyramid_sums(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per scale of a masked average pyramid (up to ``levels``): ``sums [L, 2]`` of the L1 and the
+    gradient L1 (mm) and their ``counts [L, 2]`` (valid texels, valid texel pairs)."""
+    sums, counts = [], []
+    for (p, v), (t, _) in zip(pyramid(pred, valid, levels), pyramid(target, valid, levels)):
+        (a, n), (g, m) = masked_l1_sum(p, t, v), gradient_l1_sum(p, t, v)
+        sums.append(torch.stack([a, g]))
+        counts.append(torch.stack([n, m]))
+    return torch.stack(sums), torch.stack(counts)
+
+
+def pyramid_losses(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    valid: torch.Tensor,
+    levels: int,
+    reduce_counts: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(L1, gradient L1) averaged over ``levels`` scales of a masked average pyramid.
 
     At the finest scales the target is dominated by pores too small to show in the texture, whose
     L1-optimal prediction is 0; the coarser scales keep the predictable part (wrinkles, folds,
-    skin texture) in the loss.
+    skin texture) in the loss. ``reduce_counts`` maps the batch's valid counts ``[L, 2]`` to the
+    denominators: a process holding a share of a batch passes a sum over processes
+    (:func:`mvfr.distributed.all_reduce_sum`) and gets its share of the whole batch's losses.
     """
-    l1, lg = pred.new_zeros(()), pred.new_zeros(())
-    pp, tp = pyramid(pred, valid, levels), pyramid(target, valid, levels)
-    for (p, v), (t, _) in zip(pp, tp):
-        l1 = l1 + masked_l1(p, t, v)
-        lg = lg + gradient_l1(p, t, v)
-    return l1 / len(pp), lg / len(pp)
+    sums, counts = pyramid_sums(pred, target, valid, levels)
+    if reduce_counts is not None:
+        counts = reduce_counts(counts)
+    l1, lg = (sums / counts.clamp_min(1.0)).mean(0)
+    return l1, lg
+
+
+def build_training_modules(opt) -> nn.ModuleDict:
+    """What training updates and checkpoints: ``generator`` (and ``discriminator`` when ``--dp_lambda_gan > 0``)."""
+    modules = {"generator": build_generator(vars(opt))}
+    if opt.dp_lambda_gan > 0:
+        modules["discriminator"] = PatchDiscriminator(3 + 1, opt.dp_ndf)
+    return nn.ModuleDict(modules)
+
+
+def draw_batch(pairs: list[Pair], items: list[int], step: int, seed: int, crop: int, use_uv: bool):
+    """Items ``items`` of the global batch of step ``step``: one random crop each, its colours changed
+    at random, drawn with the generator of ``(seed, step, item)`` -> as :func:`sample_batch`."""
+    parts = []
+    for i in items:
+        rng = distributed.item_rng(seed, step, i)
+        tex, tgt, val, uv = sample_batch(pairs, 1, crop, rng, use_uv)
+        parts.append((colour_jitter(tex, distributed.torch_generator(rng)), tgt, val, uv))
+    tex, tgt, val = (torch.cat([p[k] for p in parts]) for k in range(3))
+    return tex, tgt, val, (torch.cat([p[3] for p in parts]) if use_uv else None)
+
+
+def learning_rate(opt, step: int) -> float:
+    """``--dp_learning_rate``, decaying linearly to 0 over the second half of ``--dp_steps``."""
+    half = opt.dp_steps / 2
+    return opt.dp_learning_rate * (1.0 if step < half else max(0.0, (opt.dp_steps - step) / max(half, 1)))
+
+
+def train_step(
+    generator: nn.Module,
+    discriminator: nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    pairs: list[Pair],
+    step: int,
+    opt,
+    crop: int,
+    device: str,
+) -> dict:
+    """One step (generator, then discriminator when ``--dp_lambda_gan > 0``) on this rank's share of
+    the global batch of ``--dp_batch_size`` crops (:mod:`mvfr.distributed`). ``generator`` and
+    ``discriminator`` are the networks or their DDP wrappers; every loss is normalised by global
+    counts, so N processes compute the same step as one. Returns the global batch's ``loss``,
+    ``l1_mm``, ``grad_mm`` (and ``g_adv``, ``d_loss``) and ``lr``, the same on every rank."""
+    world = distributed.world_size()
+    lr = learning_rate(opt, step)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    items = distributed.shard_indices(opt.dp_batch_size)
+    tex, tgt, val, uv = draw_batch(pairs, items, step, opt.seed, crop, opt.dp_use_uv)
+    tex, tgt, val = tex.to(device), tgt.to(device), val.to(device)
+    uv = uv.to(device) if uv is not None else None
+    x = tex * 2 - 1
+    pred = generator(x, uv)
+    l1, lg = pyramid_losses(pred, tgt, val, opt.dp_loss_levels, reduce_counts=distributed.all_reduce_sum)
+    loss = l1 + opt.dp_lambda_grad * lg
+    terms = [l1, lg]
+    if opt.dp_lambda_gan > 0:
+        disc = distributed.unwrap(discriminator)  # the generator step needs no discriminator gradient
+        scale = distributed.unwrap(generator).max_mm
+        for p in disc.parameters():
+            p.requires_grad_(False)
+        fake_logits = disc(torch.cat([x, pred / scale * val], 1))
+        n_logits = fake_logits[0].numel() * opt.dp_batch_size  # patch logits of the global batch
+        g_adv = ((fake_logits - 1) ** 2).sum() / n_logits
+        loss = loss + opt.dp_lambda_gan * g_adv
+        terms.append(g_adv)
+    optimizer.zero_grad(set_to_none=True)
+    (loss * world).backward()  # DDP averages over ranks: the gradient of the global batch's loss
+    optimizer.step()
+    if opt.dp_lambda_gan > 0:
+        for p in disc.parameters():
+            p.requires_grad_(True)
+        optimizer.zero_grad(set_to_none=True)
+        logits = discriminator(torch.cat([torch.cat([x, tgt / scale * val], 1), torch.cat([x, pred.detach() / scale * val], 1)]))
+        real, fake = logits[: len(x)], logits[len(x) :]  # one forward pass per step (DDP)
+        d_loss = 0.5 * (((real - 1) ** 2).sum() + (fake**2).sum()) / n_logits
+        (d_loss * world).backward()
+        optimizer.step()
+        terms.append(d_loss)
+    total = distributed.all_reduce_sum(torch.stack([t.detach() for t in terms])).tolist()
+    record = {"l1_mm": total[0], "grad_mm": total[1], "loss": total[0] + opt.dp_lambda_grad * total[1], "lr": lr}
+    if opt.dp_lambda_gan > 0:
+        record.update(g_adv=total[2], d_loss=total[3], loss=record["loss"] + opt.dp_lambda_gan * total[2])
+    return record
 
 
 def main(argv=None) -> int:
@@ -173,8 +283,10 @@ def main(argv=None) -> int:
     if "--split" not in argv:
         opt.split = "train"  # training defaults to the training split
     folder, raw = DataFolder(opt.dataroot), RawFolder(opt.facescape_dataroot)
-    start_stage(opt, folder.options_file("dpmap_train"))
-    device = resolve_device(opt.device)
+    device = distributed.init(resolve_device(opt.device))
+    is_main = distributed.is_main()
+    start_stage(opt, folder.options_file("dpmap_train") if is_main else None)  # same seed, same initial weights on every rank
+    distributed.check_global_batch(opt.dp_batch_size, "--dp_batch_size")
     size = opt.dp_size
     multiple = 2**opt.dp_n_downsample
     crop = min(opt.dp_crop, size) // multiple * multiple
@@ -182,16 +294,17 @@ def main(argv=None) -> int:
         raise SystemExit(f"--dp_crop {opt.dp_crop} must be at least {multiple} (2 ** --dp_n_downsample)")
 
     pairs = []
-    for fid in tqdm(select_face_ids(folder, opt, sharded=False), desc="load pairs", unit="face", file=sys.stderr):
+    for fid in tqdm(select_face_ids(folder, opt, sharded=False), desc="load pairs", unit="face", file=sys.stderr, disable=not is_main):
         try:
             pairs.append(load_pair(folder, raw, fid, size))
         except FACE_ERRORS as exc:
             log.error("face %s skipped: %s", fid, exc)
     if not pairs:
         print("no training pair could be loaded (need gen_tex.py textures and RAW/dpmap ground truth)", file=sys.stderr)
+        distributed.cleanup()
         return 1
     val_pairs = []
-    if not opt.ids:
+    if not opt.ids and is_main:
         try:
             for fid in folder.face_ids("eval")[:2]:
                 try:
@@ -201,11 +314,8 @@ def main(argv=None) -> int:
         except DataError:
             pass
 
-    net = build_generator(vars(opt))
-    modules = {"generator": net}
-    if opt.dp_lambda_gan > 0:
-        modules["discriminator"] = PatchDiscriminator(3 + 1, opt.dp_ndf)
-    model = nn.ModuleDict(modules).to(device)
+    model = build_training_modules(opt).to(device)
+    net = model["generator"]
     optimizer = torch.optim.Adam(model.parameters(), lr=opt.dp_learning_rate, betas=(0.5, 0.999))
     ckpt_dir = folder.checkpoint_dir("dpmap")
     if opt.dp_resume == "auto":
@@ -217,61 +327,27 @@ def main(argv=None) -> int:
         step, epoch = int(ck["step"]), int(ck["epoch"])
     log.info("generator: %.2fM parameters; %d training pairs at %d x %d, crops %d; device %s",
              count_parameters(net) / 1e6, len(pairs), size, size, crop, device)
-    logger = JsonlLogger(folder.log_dir("dpmap") / "train_dpmap.jsonl")
+    generator = distributed.wrap(net)
+    discriminator = distributed.wrap(model["discriminator"]) if opt.dp_lambda_gan > 0 else None
+    logger = JsonlLogger(folder.log_dir("dpmap") / "train_dpmap.jsonl", resume_step=step) if is_main else None
     curve = folder.log_dir("dpmap") / "loss.png"
-    rng = np.random.default_rng(opt.seed + 7919 * step)
-    gen = torch.Generator().manual_seed(opt.seed + step)
     crops_per_epoch = max(1, len(pairs))  # an "epoch" = as many crops as training faces
-
-    def lr_at(s: int) -> float:
-        half = opt.dp_steps / 2
-        return opt.dp_learning_rate * (1.0 if s < half else max(0.0, (opt.dp_steps - s) / max(half, 1)))
 
     def save(path: Path, with_optimizer: bool = True) -> None:
         save_checkpoint(path, model if with_optimizer else net, optimizer if with_optimizer else None, step, epoch, opt, FORMAT)
 
     model.train()
-    bar = tqdm(total=opt.dp_steps, initial=min(step, opt.dp_steps), desc="dpmap_train", unit="step", file=sys.stderr)
+    bar = tqdm(total=opt.dp_steps, initial=min(step, opt.dp_steps), desc="dpmap_train", unit="step", file=sys.stderr, disable=not is_main)
     while step < opt.dp_steps:
         t0 = time.time()
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step)
-        tex, tgt, val, uv = sample_batch(pairs, opt.dp_batch_size, crop, rng, opt.dp_use_uv)
-        tex = colour_jitter(tex, gen)
-        tex, tgt, val = tex.to(device), tgt.to(device), val.to(device)
-        uv = uv.to(device) if uv is not None else None
-        x = tex * 2 - 1
-        pred = net(x, uv)
-        l1, lg = pyramid_losses(pred, tgt, val, opt.dp_loss_levels)
-        loss = l1 + opt.dp_lambda_grad * lg
-        record = {"l1_mm": l1.item(), "grad_mm": lg.item()}
-        if opt.dp_lambda_gan > 0:
-            disc = model["discriminator"]
-            scale = net.max_mm
-            for p in disc.parameters():
-                p.requires_grad_(False)
-            fake_logits = disc(torch.cat([x, pred / scale * val], 1))
-            g_adv = ((fake_logits - 1) ** 2).mean()
-            loss = loss + opt.dp_lambda_gan * g_adv
-            record["g_adv"] = g_adv.item()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if opt.dp_lambda_gan > 0:
-            for p in disc.parameters():
-                p.requires_grad_(True)
-            optimizer.zero_grad(set_to_none=True)
-            real = disc(torch.cat([x, tgt / scale * val], 1))
-            fake = disc(torch.cat([x, pred.detach() / scale * val], 1))
-            d_loss = 0.5 * (((real - 1) ** 2).mean() + (fake**2).mean())
-            d_loss.backward()
-            optimizer.step()
-            record["d_loss"] = d_loss.item()
+        record = train_step(generator, discriminator, optimizer, pairs, step, opt, crop, device)
         step += 1
         epoch = step * opt.dp_batch_size // crops_per_epoch
-        record.update(step=step, epoch=epoch, loss=loss.item(), lr=lr_at(step - 1), seconds=time.time() - t0)
+        record.update(step=step, epoch=epoch, seconds=time.time() - t0)
         bar.update(1)
-        bar.set_postfix(l1=f"{l1.item():.4f}mm")
+        if not is_main:
+            continue
+        bar.set_postfix(l1=f"{record['l1_mm']:.4f}mm")
         if step % opt.dp_save_every == 0 or step == opt.dp_steps:
             for vp in val_pairs:
                 pred_map = predict_dpmap(net, (vp.texture * 255).astype(np.uint8), size, device)
@@ -283,10 +359,12 @@ def main(argv=None) -> int:
         if step % opt.dp_save_every == 0 or step == opt.dp_steps:
             plot_loss_curve(read_jsonl(logger.path), curve, keys=("loss", "l1_mm", "grad_mm"), title="mesoscopic displacement")
     bar.close()
-    final = ckpt_dir / "checkpoint_dpmap.pt"
-    save(final, with_optimizer=False)
-    print(f"trained {step} steps; generator weights: {final} "
-          f"({final.stat().st_size / 1e6:.1f} MB; copy to predefine_data/checkpoint_dpmap.pt to ship)")
+    if is_main:
+        final = ckpt_dir / "checkpoint_dpmap.pt"
+        save(final, with_optimizer=False)
+        print(f"trained {step} steps; generator weights: {final} "
+              f"({final.stat().st_size / 1e6:.1f} MB; copy to predefine_data/checkpoint_dpmap.pt to ship)")
+    distributed.cleanup()
     return 0
 
 

@@ -18,6 +18,7 @@ Modules (each holds one concern; the stage scripts at the repository root call i
 - ``base_maps``      position/normal maps and ground-truth displacement (embree)
 - ``hypotheses``     hypotheses along the normals, visibility, sampling, coarse-to-fine search
 - ``training``       checkpoints, resume, JSON-lines logs, loss curves
+- ``distributed``    torchrun / DistributedDataParallel: process group, the global batch split over ranks
 - ``uv_mesh``        UV-grid meshes from position maps
 - ``regularisation`` score volumes, soft-argmax, refined position maps
 - ``texture``        visibility- and angle-weighted texture blending

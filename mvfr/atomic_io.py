@@ -46,6 +46,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries :func:`atomic_path` left in ``folder`` when its process was killed
+    mid-write (SIGKILL skips the clean-up); returns what was removed. Call it only where no other
+    process is writing into ``folder`` (a training run's own checkpoint or log folder, at start)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.iterdir() if p.name.startswith(".") and ".tmp" in p.name and p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write ``array`` as a .npy file atomically."""
     with atomic_path(path) as tmp:

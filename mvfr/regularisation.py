@@ -165,17 +165,20 @@ def texel_mask(pos_map: np.ndarray, norm_map: np.ndarray) -> np.ndarray:
     return search_mask(pos_map, norm_map) & np.isfinite(pos_map).all(-1) & np.isfinite(norm_map).all(-1)
 
 
-def reg_loss(pred_steps: torch.Tensor, target_steps: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def reg_loss(pred_steps: torch.Tensor, target_steps: torch.Tensor, valid: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Smooth-L1 (Huber, delta 1 step) between predicted and GT displacement in steps, on valid texels only.
 
-    ``pred_steps, target_steps [B, H, W]``, ``valid [B, H, W]`` bool -> scalar. Zero (with a
-    gradient path) when no texel is valid.
+    ``pred_steps, target_steps [B, H, W]``, ``valid [B, H, W]`` bool -> scalar: the mean over valid
+    texels, or with ``reduction="sum"`` their sum (a share of a batch split over processes). Zero
+    (with a gradient path) when no texel is valid.
     """
     if pred_steps.shape != target_steps.shape or pred_steps.shape != valid.shape:
         raise ValueError(f"shapes differ: pred {tuple(pred_steps.shape)}, target {tuple(target_steps.shape)}, valid {tuple(valid.shape)}")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     if not valid.any():
         return pred_steps.sum() * 0.0
-    return F.smooth_l1_loss(pred_steps[valid], target_steps[valid], beta=1.0)
+    return F.smooth_l1_loss(pred_steps[valid], target_steps[valid], beta=1.0, reduction=reduction)
 
 
 # -------------------------------------------------------------------------------------- inference

@@ -52,7 +52,7 @@ def environment() -> dict[str, Any]:
         import torch
 
         env["torch"] = torch.__version__
-        env["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        env["cuda"] = torch.cuda.get_device_name(torch.cuda.current_device()) if torch.cuda.is_available() else None
         env["threads"] = torch.get_num_threads()
     except ImportError:  # pragma: no cover
         pass

@@ -22,7 +22,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
-from mvfr.atomic_io import atomic_path
+from mvfr import distributed
+from mvfr.atomic_io import atomic_path, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -135,12 +136,22 @@ def load_checkpoint(
 def resume(
     folder: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, fmt: str | None = None
 ) -> tuple[int, int]:
-    """Load the newest checkpoint of ``folder`` if any -> ``(step, epoch)`` to continue from ((0, 0) if none)."""
-    ckpts = list_checkpoints(folder)
-    if not ckpts:
+    """Load the newest checkpoint of ``folder`` if any -> ``(step, epoch)`` to continue from ((0, 0) if none).
+
+    Temporaries of a checkpoint write that was killed midway are deleted first. Under torchrun rank 0
+    chooses the checkpoint and every rank loads that one (the folder must be on a disk every node sees).
+    """
+    chosen = None
+    if distributed.is_main():
+        for p in remove_stale_temporaries(folder):
+            log.warning("removed %s, left by a run killed while writing a checkpoint", p)
+        ckpts = list_checkpoints(folder)
+        chosen = str(ckpts[-1]) if ckpts else None
+    chosen = distributed.broadcast_object(chosen)
+    if chosen is None:
         return 0, 0
-    ckpt = load_checkpoint(ckpts[-1], model, optimizer, fmt)
-    log.info("resumed from %s (step %d, epoch %d)", ckpts[-1], ckpt["step"], ckpt["epoch"])
+    ckpt = load_checkpoint(chosen, model, optimizer, fmt)
+    log.info("resumed from %s (step %d, epoch %d)", chosen, ckpt["step"], ckpt["epoch"])
     return int(ckpt["step"]), int(ckpt["epoch"])
 
 
@@ -154,11 +165,22 @@ def prune_checkpoints(folder: str | os.PathLike, keep: int = 3) -> None:
 
 
 class JsonlLogger:
-    """Append one JSON object per line (``{"step": ..., "loss": ..., "time": ...}``), flushed each time."""
+    """Append one JSON object per line (``{"step": ..., "loss": ..., "time": ...}``), flushed each time.
 
-    def __init__(self, path: str | os.PathLike):
+    A training run passes ``resume_step``, the step it starts from (0 for a fresh run): records of
+    later steps (logged by a run killed before its next checkpoint) and a truncated last line are
+    dropped, so the log holds each step once; temporaries a killed run left in the folder are deleted.
+    """
+
+    def __init__(self, path: str | os.PathLike, resume_step: int | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None:
+            remove_stale_temporaries(self.path.parent)
+            if self.path.is_file():
+                kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= resume_step]
+                with atomic_path(self.path) as tmp:
+                    tmp.write_text("".join(json.dumps(r, default=float) + "\n" for r in kept))
 
     def log(self, **record: Any) -> None:
         record.setdefault("time", time.time())
