@@ -98,9 +98,10 @@ def validate_intrinsics(K: np.ndarray, where: str = "camera") -> None:
     """Raise :class:`CameraError` unless K is finite, upper-triangular with positive focal lengths."""
     K = np.asarray(K, dtype=np.float64)
     if K.shape != (3, 3) or not np.isfinite(K).all():
-        raise CameraError(f"{where}: K must be a finite 3x3 matrix")
+        raise CameraError(f"{where}: K must be a finite 3x3 matrix; fix the calibration")
     if K[0, 0] <= 0 or K[1, 1] <= 0 or abs(np.linalg.det(K)) < 1e-12:
-        raise CameraError(f"{where}: K is singular or has non-positive focal lengths (fx={K[0, 0]}, fy={K[1, 1]})")
+        raise CameraError(f"{where}: K is singular or has non-positive focal lengths (fx={K[0, 0]}, fy={K[1, 1]}); "
+                          "fix the calibration")
     if not np.allclose(K[2], [0, 0, 1], atol=1e-6) or abs(K[1, 0]) > 1e-9:
         raise CameraError(f"{where}: K must have last row [0, 0, 1] and K[1, 0] = 0")
 
@@ -109,11 +110,12 @@ def validate_extrinsics(Rt: np.ndarray, where: str = "camera") -> None:
     """Raise :class:`CameraError` unless Rt's left 3x3 block is a rotation (orthonormal, det +1)."""
     Rt = np.asarray(Rt, dtype=np.float64)
     if Rt.shape != (3, 4) or not np.isfinite(Rt).all():
-        raise CameraError(f"{where}: Rt must be a finite 3x4 matrix")
+        raise CameraError(f"{where}: Rt must be a finite 3x4 matrix; fix the calibration")
     R = Rt[:, :3]
     err = np.abs(R @ R.T - np.eye(3)).max()
     if err > ROTATION_TOL or np.linalg.det(R) < 0:
-        raise CameraError(f"{where}: the left 3x3 block of Rt is not a rotation (|R R^T - I| = {err:.2e}, det = {np.linalg.det(R):.3f})")
+        raise CameraError(f"{where}: the left 3x3 block of Rt is not a rotation (|R R^T - I| = {err:.2e}, det = {np.linalg.det(R):.3f}); "
+                          "fix the calibration (a scale belongs in Rt_scale_dict.json)")
 
 
 def camera_from_params(params: dict[str, Any], view: str, where: str = "params.json") -> Camera:

@@ -55,7 +55,8 @@ def choose_views(cams: dict[str, Camera], selected: list[str], view_num: int, wh
         raise CameraError(f"{where} has no camera for views {missing} listed in select_dict.json (no key {missing[0]}_K)")
     views = [v for v in selected if cams[v].valid][:view_num]
     if not views:
-        raise DataError(f"{where}: none of the selected views {selected} is valid")
+        raise DataError(f"{where}: none of the selected views {selected} is valid; "
+                        "set <view>_valid: true for the usable views, or drop the face from id.json")
     return views
 
 
