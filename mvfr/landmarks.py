@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -20,6 +21,11 @@ from mvfr.template import LANDMARK_MODEL, NUM_LANDMARKS
 log = logging.getLogger(__name__)
 
 os.environ.setdefault("GLOG_minloglevel", "2")
+
+# Test-time augmentation of the refinement pass: (dx, dy, scale, angle_deg) of each crop (see
+# FaceLandmarkDetector._detect_crop). Four crops at 0.9 / 1.1 x the face box, rotated by -6 / +6 degrees:
+# on synthetic 1296 px captures this lowered the base-mesh chamfer by ~0.25 mm (2.63 -> 2.39 mm).
+CROP_JITTER = ((0.0, 0.0, 0.9, -6.0), (0.0, 0.0, 1.1, -6.0), (0.0, 0.0, 0.9, 6.0), (0.0, 0.0, 1.1, 6.0))
 
 
 class FaceLandmarkDetector:
@@ -32,6 +38,12 @@ class FaceLandmarkDetector:
 
     Images whose long side exceeds ``max_side`` pixels are detected on a resized copy (the model
     works at 256 x 256 internally) and the landmarks are mapped back to the full image.
+
+    With ``refine_passes`` >= 1 (default 1) the face is then detected again on square crops of the
+    full-resolution image around the first landmarks (side: (1 + 2 ``crop_margin``) x the landmarks'
+    extent, resampled to ``crop_size`` pixels), one per ``crop_jitter`` entry (dx, dy as fractions of
+    the extent, scale, rotation in degrees), and the landmarks mapped back from the crops are averaged.
+    The jittered crops decorrelate part of the detector's error (test-time augmentation).
 
     With ``flip_average`` (default) the image is also detected mirrored left-right; the mirrored
     landmarks are mapped back (x -> W - 1 - x, landmark i <-> its mirror partner on the symmetric
@@ -46,9 +58,18 @@ class FaceLandmarkDetector:
         min_detection_confidence: float = 0.5,
         min_presence_confidence: float = 0.5,
         flip_average: bool = True,
+        refine_passes: int = 1,
+        crop_size: int = 256,
+        crop_margin: float = 0.6,
+        crop_jitter: Sequence[Sequence[float]] = CROP_JITTER,
     ):
         from mediapipe.tasks.python import BaseOptions, vision
 
+        if refine_passes < 0 or crop_size < 64 or crop_margin < 0 or not len(crop_jitter):
+            raise ValueError(f"need refine_passes >= 0, crop_size >= 64, crop_margin >= 0 and at least one crop_jitter "
+                             f"entry; got {refine_passes}, {crop_size}, {crop_margin}, {len(crop_jitter)}")
+        if any(len(j) not in (3, 4) or j[2] <= 0 for j in crop_jitter):
+            raise ValueError(f"crop_jitter entries are (dx, dy, scale > 0[, angle_deg]); got {list(crop_jitter)}")
         path = Path(model_path or LANDMARK_MODEL)
         if not path.is_file():
             raise FileNotFoundError(f"landmark model {path} does not exist; it ships in predefine_data/ (see README)")
@@ -62,6 +83,10 @@ class FaceLandmarkDetector:
         self._landmarker = vision.FaceLandmarker.create_from_options(options)
         self.max_side = int(max_side)
         self.flip_average = bool(flip_average)
+        self.refine_passes = int(refine_passes)
+        self.crop_size = int(crop_size)
+        self.crop_margin = float(crop_margin)
+        self.crop_jitter = [tuple(map(float, j)) for j in crop_jitter]
         atexit.register(self.close)
 
     def detect(self, image: np.ndarray) -> tuple[np.ndarray | None, float]:
@@ -78,18 +103,64 @@ class FaceLandmarkDetector:
         if max(H, W) > self.max_side:
             s = self.max_side / max(H, W)
             small = cv2.resize(image, (max(1, round(W * s)), max(1, round(H * s))), interpolation=cv2.INTER_AREA)
-        norm = self._detect_normalised(small)
-        if self.flip_average:
-            flipped = self._detect_normalised(small[:, ::-1])
-            if flipped is not None:
-                flipped = flipped[mirror_landmark_index()] * [-1.0, 1.0] + [1.0, 0.0]  # x_n -> 1 - x_n
-                norm = flipped if norm is None else 0.5 * (norm + flipped)
+        norm = self._detect_flip_averaged(small)
         if norm is None:
             return None, 0.0
         # normalised coordinates span the image extent: 0 = left/top edge, 1 = right/bottom edge
         pix = norm * np.array([W, H]) - 0.5
+        for _ in range(self.refine_passes):
+            refined = [self._detect_crop(image, pix, *j) for j in self.crop_jitter]
+            refined = [r for r in refined if r is not None]
+            if not refined:
+                break
+            pix = np.mean(refined, axis=0)
         inside = (pix[:, 0] >= -0.5) & (pix[:, 0] <= W - 0.5) & (pix[:, 1] >= -0.5) & (pix[:, 1] <= H - 0.5)
         return pix, float(inside.mean())
+
+    def _detect_flip_averaged(self, image: np.ndarray) -> np.ndarray | None:
+        """[468, 2] normalised landmarks of ``image``, averaged with the mirrored detection when enabled."""
+        norm = self._detect_normalised(image)
+        if self.flip_average:
+            flipped = self._detect_normalised(image[:, ::-1])
+            if flipped is not None:
+                flipped = flipped[mirror_landmark_index()] * [-1.0, 1.0] + [1.0, 0.0]  # x_n -> 1 - x_n
+                norm = flipped if norm is None else 0.5 * (norm + flipped)
+        return norm
+
+    def _detect_crop(self, image: np.ndarray, pix: np.ndarray, dx: float = 0.0, dy: float = 0.0,
+                     scale: float = 1.0, angle_deg: float = 0.0) -> np.ndarray | None:
+        """Detect again on a square crop around landmarks ``pix [468, 2]`` (pixels of ``image``), resampled
+        to ``crop_size`` pixels: the crop side is (1 + 2 margin) x the landmarks' larger extent times
+        ``scale``, its centre is shifted by (dx, dy) x that extent and it is rotated by ``angle_deg``
+        about its centre. Returns [468, 2] pixels of ``image`` or None."""
+        import cv2
+
+        H, W = image.shape[:2]
+        lo, hi = pix.min(0), pix.max(0)
+        ext = float(max(hi - lo))
+        side = max(8.0, ext * (1.0 + 2.0 * self.crop_margin) * scale)
+        c = 0.5 * (lo + hi) + np.array([dx, dy]) * ext
+        a = self.crop_size / side
+        src = image
+        f = np.ones(2)
+        if a < 0.8:  # area-average down to about the crop's scale first (warpAffine would alias)
+            size = (max(1, round(W * a * 1.25)), max(1, round(H * a * 1.25)))
+            src = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            f = np.array([size[0] / W, size[1] / H])
+        # pixel centres: x_src = (x + 0.5) f - 0.5; crop u = a/f R (x_src - c_src) + (crop_size - 1) / 2
+        c_src = (c + 0.5) * f - 0.5
+        th = np.radians(angle_deg)
+        R = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+        A = R * (a / f)[None, :]
+        M = np.concatenate([A, (np.full(2, (self.crop_size - 1) / 2) - A @ c_src)[:, None]], 1)
+        crop = cv2.warpAffine(src, M, (self.crop_size, self.crop_size), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REPLICATE)
+        norm = self._detect_flip_averaged(crop)
+        if norm is None:
+            return None
+        u = norm * self.crop_size - 0.5  # crop pixels
+        x_src = (u - M[:, 2]) @ np.linalg.inv(A).T
+        return (x_src + 0.5) / f - 0.5
 
     def _detect_normalised(self, image: np.ndarray) -> np.ndarray | None:
         """[468, 2] landmarks in normalised image coordinates, or None when no face is found."""
