@@ -53,7 +53,17 @@ def low_precision_ok(device: str) -> bool:
     return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
 
 
-def run_face(model, face: FaceInputs, mode: str, chunk: int, device: str, low_precision: bool | None = None) -> dict:
+def run_face(
+    model,
+    face: FaceInputs,
+    mode: str,
+    chunk: int,
+    device: str,
+    low_precision: bool | None = None,
+    strides: list[int] | None = None,
+    peaks: int = 1,
+    rounds: int = 0,
+) -> dict:
     """Search one face -> ``{"volume": [D, S, S] float32, "disp": [S, S] float32 units, "scored": [S, S] bool}``
     plus seconds ``features_s``, ``search_s`` and the search's ``timings`` (sampling, mlp, points)."""
     setup = face.setup.to(device)
@@ -64,7 +74,7 @@ def run_face(model, face: FaceInputs, mode: str, chunk: int, device: str, low_pr
         t0 = time.perf_counter()
         features = model.view_features(images_to_tensor(face.images, device), torch.bfloat16 if low else None)
         t1 = time.perf_counter()
-        argmax, vol = search_face(model, features, setup, mode, chunk, timings=timings)
+        argmax, vol = search_face(model, features, setup, mode, chunk, strides, timings, peaks, rounds)
         t2 = time.perf_counter()
     vol = vol.cpu().numpy()
     argmax = argmax.cpu().numpy()
@@ -101,7 +111,8 @@ def main() -> int:
 
     def process(fid: str) -> None:
         face = load_face_inputs(folder, opt.split, fid, opt.d_size, opt.interval_scale, with_gt=False)
-        out = run_face(model, face, opt.search, opt.num_sample, device)
+        out = run_face(model, face, opt.search, opt.num_sample, device, strides=opt.c2f_strides, peaks=opt.c2f_peaks,
+                       rounds=opt.c2f_rounds)
         save_npy(folder.volume(opt.split, fid), out["volume"].astype(np.float16))
         save_npy(folder.if_map(fid), out["disp"])
         pos = face.pos_map + face.norm_map * out["disp"][..., None]

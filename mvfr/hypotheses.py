@@ -423,6 +423,22 @@ def texels_near(setup: FaceHypotheses, centre: int, radius: float) -> np.ndarray
     return np.flatnonzero((r - r[centre]) ** 2 + (c - c[centre]) ** 2 <= radius**2)
 
 
+def texel_neighbours(setup: FaceHypotheses) -> torch.Tensor:
+    """``[T, 8]`` indices (into ``setup.texels``) of each searched texel's 8 UV-grid neighbours, -1
+    where the neighbour is not searched (on the setup's device)."""
+    S = setup.size
+    t = setup.texels.cpu().numpy()
+    lookup = np.full(S * S, -1, np.int64)
+    lookup[t] = np.arange(len(t))
+    r, c = t // S, t % S
+    out = []
+    for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (1, 1), (-1, 1), (1, -1)):
+        rr, cc = r + dr, c + dc
+        inside = (rr >= 0) & (rr < S) & (cc >= 0) & (cc < S)
+        out.append(np.where(inside, lookup[np.clip(rr, 0, S - 1) * S + np.clip(cc, 0, S - 1)], -1))
+    return torch.as_tensor(np.stack(out, 1), device=setup.texels.device)
+
+
 # ----------------------------------------------------------------------------------- training
 
 
@@ -478,39 +494,89 @@ def default_strides(d_size: int) -> tuple[int, ...]:
     return (8, 2, 1)
 
 
+def coarse_peaks(values: torch.Tensor, count: int) -> torch.Tensor:
+    """Positions (columns) of the ``count`` highest local maxima of each row of ``values [T, N]``
+    (NaN = unscored, never a peak) -> ``[T, count]`` int64, -1 where a row has fewer maxima."""
+    v = torch.nan_to_num(values, nan=-float("inf"))
+    pad = torch.full_like(v[:, :1], -float("inf"))
+    left, right = torch.cat([pad, v[:, :-1]], 1), torch.cat([v[:, 1:], pad], 1)
+    is_max = (v >= left) & (v >= right) & torch.isfinite(v)
+    ranked = torch.where(is_max, v, torch.full_like(v, -float("inf")))
+    top, pos = ranked.topk(min(count, v.shape[1]), dim=1)
+    return torch.where(torch.isfinite(top), pos, torch.full_like(pos, -1))
+
+
 def coarse_to_fine_argmax(
-    score_fn: ScoreFn, num_texels: int, d_size: int, strides: Sequence[int] | None = None, device="cpu"
+    score_fn: ScoreFn,
+    num_texels: int,
+    d_size: int,
+    strides: Sequence[int] | None = None,
+    device="cpu",
+    peaks: int = 1,
+    neighbours: torch.Tensor | None = None,
+    rounds: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Coarse-to-fine search over d for every texel.
 
-    Level 0 scores every ``strides[0]``-th hypothesis (and the last one); each next level scores
+    Level 0 scores every ``strides[0]``-th hypothesis (and the last one). Level 1 scores every
+    ``strides[1]``-th hypothesis strictly inside ``(p - strides[0], p + strides[0])`` around each of
+    the texel's ``peaks`` highest coarse local maxima ``p`` (more than one guards against a
+    multi-modal score whose best coarse sample sits on the wrong mode); each later level scores
     every ``strides[k]``-th hypothesis strictly inside ``(peak - strides[k-1], peak + strides[k-1])``
-    around the texel's current peak. For a score that is unimodal in d this finds the exact argmax
+    around the texel's current best. For a score that is unimodal in d this finds the exact argmax
     (the true peak lies strictly between the coarse peak's neighbours). ``strides`` must decrease
     and end with 1.
+
+    Then ``rounds`` rounds of propagation (as in PatchMatch stereo): with ``neighbours [T, K]``
+    (indices of each texel's neighbours on the surface, -1 for none) every texel also scores the
+    hypotheses within +-1 of each neighbour's current best. The surface is continuous, so a mode a
+    texel's own coarse pass missed is usually found through a neighbour that did not miss it.
 
     Returns ``argmax [T]`` int64 and ``volume [T, D]`` float32 with NaN where nothing was scored.
     """
     strides = tuple(int(s) for s in (strides or default_strides(d_size)))
     if strides[-1] != 1 or any(a <= b for a, b in zip(strides[:-1], strides[1:])) or strides[0] < 1:
         raise ValueError(f"strides must be strictly decreasing and end with 1, got {strides}")
+    if peaks < 1:
+        raise ValueError(f"peaks must be >= 1, got {peaks}")
     vol = torch.full((num_texels, d_size), float("nan"), device=device)
     coarse = torch.unique(torch.cat([torch.arange(0, d_size, strides[0]), torch.tensor([d_size - 1])])).to(device)
     t = torch.arange(num_texels, device=device).repeat_interleave(len(coarse))
     d = coarse.repeat(num_texels)
     vol[t, d] = score_fn(t, d).float()
-    for prev, s in zip(strides[:-1], strides[1:]):
-        peak = torch.nan_to_num(vol, nan=-float("inf")).argmax(1)  # [T]
+    for level, (prev, s) in enumerate(zip(strides[:-1], strides[1:])):
+        if level == 0 and peaks > 1:
+            pos = coarse_peaks(vol[:, coarse], peaks)  # [T, P] columns of the coarse grid
+            centre = torch.where(pos >= 0, coarse[pos.clamp(min=0)], torch.full_like(pos, -(10 * d_size)))
+        else:
+            centre = torch.nan_to_num(vol, nan=-float("inf")).argmax(1)[:, None]  # [T, 1]
         j = torch.arange(-((prev - 1) // s), (prev - 1) // s + 1, device=device) * s
         j = j[j != 0]
-        cand = peak[:, None] + j[None, :]  # [T, J]
+        cand = (centre[:, :, None] + j[None, None, :]).reshape(num_texels, -1)  # [T, P * J]
         tt = torch.arange(num_texels, device=device)[:, None].expand_as(cand)
         ok = (cand >= 0) & (cand < d_size)
         cand_c = cand.clamp(0, d_size - 1)
         ok &= torch.isnan(vol[tt, cand_c])
-        t_sel, d_sel = tt[ok], cand_c[ok]
+        key = torch.unique(tt[ok] * d_size + cand_c[ok])  # overlapping windows: score each hypothesis once
+        t_sel, d_sel = key // d_size, key % d_size
         if t_sel.numel():
             vol[t_sel, d_sel] = score_fn(t_sel, d_sel).float()
+    if rounds > 0 and neighbours is None:
+        raise ValueError("propagation rounds need the neighbours table")
+    for _ in range(rounds):
+        best = torch.nan_to_num(vol, nan=-float("inf")).argmax(1)
+        nb = neighbours.to(device)
+        centre = torch.where(nb >= 0, best[nb.clamp(min=0)], torch.full_like(nb, -(10 * d_size)))  # [T, K]
+        cand = (centre[:, :, None] + torch.arange(-1, 2, device=device)).reshape(num_texels, -1)
+        tt = torch.arange(num_texels, device=device)[:, None].expand_as(cand)
+        ok = (cand >= 0) & (cand < d_size)
+        cand_c = cand.clamp(0, d_size - 1)
+        ok &= torch.isnan(vol[tt, cand_c])
+        key = torch.unique(tt[ok] * d_size + cand_c[ok])
+        if not key.numel():
+            break
+        t_sel, d_sel = key // d_size, key % d_size
+        vol[t_sel, d_sel] = score_fn(t_sel, d_sel).float()
     argmax = torch.nan_to_num(vol, nan=-float("inf")).argmax(1)
     return argmax, vol
 
@@ -649,6 +715,8 @@ def search_face(
     chunk: int = 65536,
     strides: Sequence[int] | None = None,
     timings: dict | None = None,
+    peaks: int = 1,
+    rounds: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the search of one face -> ``argmax [T]`` int64 and ``volume [T, D]`` float32 (every entry
     filled: unscored ones interpolated from scored neighbours along d). ``mode`` is ``c2f`` or ``full``."""
@@ -659,5 +727,6 @@ def search_face(
         return vol.argmax(1), vol
     if mode != "c2f":
         raise ValueError(f"search mode must be 'c2f' or 'full', got {mode!r}")
-    argmax, vol = coarse_to_fine_argmax(fn, setup.num_texels, setup.d_size, strides, device=dev)
+    neighbours = texel_neighbours(setup) if rounds > 0 else None
+    argmax, vol = coarse_to_fine_argmax(fn, setup.num_texels, setup.d_size, strides, dev, peaks, neighbours, rounds)
     return argmax, fill_unscored(vol)

@@ -310,6 +310,55 @@ def test_coarse_to_fine_equals_full_on_single_peak(D):
         coarse_to_fine_argmax(fn, T, D, strides=(4, 8, 1))
 
 
+def test_coarse_to_fine_second_peak_finds_a_narrow_global_mode():
+    # Two modes per texel: a broad one (height 0.8) and a narrow, higher one (height 1) whose
+    # coarse samples (every 8th d) all score below the broad mode's best.
+    T, D = 200, 201
+    g = torch.Generator().manual_seed(3)
+    broad = 20 + 60 * torch.rand(T, generator=g, dtype=torch.float64)
+    narrow = 120 + 8 * torch.randint(0, 8, (T,), generator=g).double() + 4  # midway between coarse samples
+
+    def fn(t, d):
+        d = d.double()
+        return (0.8 * torch.exp(-((d - broad[t]) ** 2) / (2 * 15.0**2)) + torch.exp(-((d - narrow[t]) ** 2) / (2 * 2.5**2))).float()
+
+    truth = full_search(fn, T, D).argmax(1)
+    one, _ = coarse_to_fine_argmax(fn, T, D, peaks=1)
+    two, _ = coarse_to_fine_argmax(fn, T, D, peaks=2)
+    assert (one != truth).float().mean() > 0.9  # one coarse peak follows the broad mode
+    assert torch.equal(two, truth)
+    with pytest.raises(ValueError):
+        coarse_to_fine_argmax(fn, T, D, peaks=0)
+
+
+def test_propagation_spreads_a_mode_the_coarse_pass_missed():
+    from types import SimpleNamespace
+
+    from mvfr.hypotheses import texel_neighbours
+
+    # 16 x 16 texels; the narrow global mode drifts by one step per column, so only the columns
+    # where it sits on (or next to) a coarse sample find it on their own.
+    S, D = 16, 201
+    col = torch.arange(S * S) % S
+    narrow = 120.0 + col.double()
+    neighbours = texel_neighbours(SimpleNamespace(texels=torch.arange(S * S), size=S))
+    assert neighbours.shape == (S * S, 8)
+    assert set(neighbours[S + 1].tolist()) == {1, 2 * S + 1, S, S + 2, 0, 2 * S + 2, 2, 2 * S}
+    assert (neighbours[0] == -1).sum() == 5  # a corner texel has 3 neighbours
+
+    def fn(t, d):
+        d = d.double()
+        return (0.8 * torch.exp(-((d - 50.0) ** 2) / (2 * 15.0**2)) + torch.exp(-((d - narrow[t]) ** 2) / (2 * 2.5**2))).float()
+
+    truth = full_search(fn, S * S, D).argmax(1)
+    alone, _ = coarse_to_fine_argmax(fn, S * S, D)
+    spread, _ = coarse_to_fine_argmax(fn, S * S, D, neighbours=neighbours, rounds=3)
+    assert (alone != truth).any()
+    assert torch.equal(spread, truth)
+    with pytest.raises(ValueError):
+        coarse_to_fine_argmax(fn, S * S, D, rounds=1)
+
+
 def test_fill_unscored_interpolates_linearly():
     v = torch.tensor([[float("nan"), 1.0, float("nan"), float("nan"), 4.0, float("nan")], [float("nan")] * 6])
     out = fill_unscored(v)
