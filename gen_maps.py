@@ -88,7 +88,8 @@ class MapMaker:
         if len(cap.views) - len(missing) < 2:
             raise ValueError(
                 f"face {fid}: only {len(cap.views) - len(missing)} of {len(cap.views)} views gave landmarks "
-                f"(no face found in views {missing} of {folder.image_dir(fid)}); at least 2 are needed"
+                f"(no face found in views {missing} of {folder.image_dir(fid)}); at least 2 are needed: "
+                f"check that these photographs show the face, or mark the views invalid in params.json"
             )
         K, Rt = cap.stacked_cameras()
         sizes = [(c.width, c.height) for c in cap.cameras]

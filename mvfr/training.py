@@ -107,7 +107,8 @@ def read_checkpoint(path: str | os.PathLike, fmt: str | None = None) -> dict[str
         raise CheckpointError(f"checkpoint {path} is not a plain-dict checkpoint (no 'model' key)")
     if fmt is not None and ckpt.get("format") != fmt:
         raise CheckpointError(
-            f"checkpoint {path} has format {ckpt.get('format')!r}, expected {fmt!r}: it belongs to another stage"
+            f"checkpoint {path} has format {ckpt.get('format')!r}, expected {fmt!r}: it belongs to another stage; "
+            "pass this stage's checkpoint (see --help for the option and its default)"
         )
     return ckpt
 
