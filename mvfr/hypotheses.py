@@ -30,6 +30,7 @@ W x H around the face (:func:`face_crops`), so one gather serves all views.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from typing import Callable, Sequence
 
@@ -624,13 +625,34 @@ class FaceInputs:
     train_texels: np.ndarray | None = None
 
 
-def search_mask(pos_map: np.ndarray, norm_map: np.ndarray) -> np.ndarray:
-    """Texels searched by stage 2: covered by the base mesh (unit normal) and inside the facial mask."""
+SEARCH_RIM_TEXELS = 4  # at S = 256: how far the searched region reaches beyond the facial mask's outline
+
+
+@functools.lru_cache(maxsize=4)
+def search_region(size: int) -> np.ndarray:
+    """``[S, S]`` bool: the facial mask plus a rim of ``SEARCH_RIM_TEXELS * S / 256`` texels around its
+    outer outline (the eye and mouth holes are not grown). The base mesh's UV-to-surface map is not
+    the scan's, so near the outline the facial region of the scan reaches past the surface searched
+    inside the mask; the rim keeps the predicted surfaces covering the whole region. Metrics still
+    use the facial mask alone (samples of a prediction whose closest scan point lies outside the
+    region do not count)."""
+    from scipy import ndimage
+
     from mvfr.uv_rasterizer import load_facial_mask
 
+    facial = load_facial_mask(size)
+    filled = ndimage.binary_fill_holes(facial)
+    rim = max(1, round(SEARCH_RIM_TEXELS * size / 256))
+    grown = ndimage.binary_dilation(filled, structure=ndimage.generate_binary_structure(2, 2), iterations=rim)
+    return facial | (grown & ~filled)
+
+
+def search_mask(pos_map: np.ndarray, norm_map: np.ndarray) -> np.ndarray:
+    """Texels searched by stage 2: covered by the base mesh (unit normal) and inside
+    :func:`search_region` (the facial mask and a thin rim around its outline)."""
     S = pos_map.shape[0]
     covered = np.linalg.norm(norm_map, axis=-1) > 0.5
-    return covered & load_facial_mask(S)
+    return covered & search_region(S)
 
 
 def load_face_inputs(folder, split: str, fid: str, d_size: int, interval_scale_mm: float, with_gt: bool, margin_px: int = 16) -> FaceInputs:
