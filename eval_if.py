@@ -3,9 +3,10 @@
     python eval_if.py --dataroot DATA --split eval [--if_checkpoint predefine_data/checkpoint_if.pt] [--search c2f|full]
 
 Per face: features of every view are computed once, then every searched texel (covered by the base
-mesh, inside the facial mask) is searched over its D hypotheses: ``--search c2f`` (default) scores
-every 8th hypothesis, then every 2nd within +-8 of each texel's peak, then every one within +-2;
-``--search full`` scores all D. Points go through the network in chunks of ``--num_sample``.
+mesh, inside the facial mask and a thin rim around it) is searched over its D hypotheses:
+``--search c2f`` (default, D = 201) scores every 12th hypothesis, then every 3rd within +-12 of each
+texel's peak, then every one within +-3, then ``--c2f_rounds`` rounds of propagation (each texel
+also scores +-1 around its 8 UV neighbours' best); ``--search full`` scores all D. Points go through the network in chunks of ``--num_sample``.
 
 Writes, per face (atomically; skipped when they exist unless --overwrite):
   DATA/volume/<split>/ori_volume_PPP_EE.npy   [D, S, S] float16 scores (unscored hypotheses of the

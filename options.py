@@ -76,10 +76,10 @@ def add_if_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num_sample", type=int, default=65536, help="points per inference chunk (bounds memory)")
     g.add_argument("--search", choices=("c2f", "full"), default="c2f", help="coarse-to-fine or exhaustive search over D")
     g.add_argument("--c2f_strides", type=int, nargs="+", default=None,
-                   help="coarse-to-fine levels: hypothesis strides, decreasing, ending with 1 (default 8 2 1 for D = 201)")
+                   help="coarse-to-fine levels: hypothesis strides, decreasing, ending with 1 (default 12 3 1 for D = 201)")
     g.add_argument("--c2f_peaks", type=int, default=1,
                    help="coarse-to-fine: refine around this many of each texel's highest coarse local maxima")
-    g.add_argument("--c2f_rounds", type=int, default=3,
+    g.add_argument("--c2f_rounds", type=int, default=6,
                    help="coarse-to-fine: rounds of propagation (each texel also tries its 8 UV neighbours' best d +-1)")
 
 

@@ -73,9 +73,9 @@ def main() -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--c2f_strides", type=int, nargs="+", default=None, help="as eval_if.py (default 8 2 1)")
+    p.add_argument("--c2f_strides", type=int, nargs="+", default=None, help="as eval_if.py (default 12 3 1)")
     p.add_argument("--c2f_peaks", type=int, default=1, help="as eval_if.py")
-    p.add_argument("--c2f_rounds", type=int, default=3, help="as eval_if.py")
+    p.add_argument("--c2f_rounds", type=int, default=6, help="as eval_if.py")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     a = p.parse_args()
     if a.threads > 0:

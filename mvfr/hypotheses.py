@@ -489,10 +489,13 @@ def full_search(score_fn: ScoreFn, num_texels: int, d_size: int, device="cpu") -
 
 
 def default_strides(d_size: int) -> tuple[int, ...]:
-    """Search levels for ``d_size``: 8, 2, 1 for the paper's D = 201 (about 36 of 201 hypotheses)."""
+    """Search levels for ``d_size``: 12, 3, 1 for the paper's D = 201 (about 28 of 201 hypotheses
+    before propagation); 8, 2, 1 for D <= 64; exhaustive for D <= 16."""
     if d_size <= 16:
         return (1,)
-    return (8, 2, 1)
+    if d_size <= 64:
+        return (8, 2, 1)
+    return (12, 3, 1)
 
 
 def coarse_peaks(values: torch.Tensor, count: int) -> torch.Tensor:
@@ -564,40 +567,59 @@ def coarse_to_fine_argmax(
             vol[t_sel, d_sel] = score_fn(t_sel, d_sel).float()
     if rounds > 0 and neighbours is None:
         raise ValueError("propagation rounds need the neighbours table")
-    for _ in range(rounds):
-        best = torch.nan_to_num(vol, nan=-float("inf")).argmax(1)
+    if rounds > 0:
         nb = neighbours.to(device)
-        centre = torch.where(nb >= 0, best[nb.clamp(min=0)], torch.full_like(nb, -(10 * d_size)))  # [T, K]
-        cand = (centre[:, :, None] + torch.arange(-1, 2, device=device)).reshape(num_texels, -1)
-        tt = torch.arange(num_texels, device=device)[:, None].expand_as(cand)
-        ok = (cand >= 0) & (cand < d_size)
-        cand_c = cand.clamp(0, d_size - 1)
-        ok &= torch.isnan(vol[tt, cand_c])
-        key = torch.unique(tt[ok] * d_size + cand_c[ok])
-        if not key.numel():
-            break
-        t_sel, d_sel = key // d_size, key % d_size
-        vol[t_sel, d_sel] = score_fn(t_sel, d_sel).float()
+        has = nb >= 0
+        best = torch.nan_to_num(vol, nan=-float("inf")).argmax(1)
+        changed = torch.ones(num_texels, dtype=torch.bool, device=device)
+        for _ in range(rounds):
+            # only texels with a neighbour whose best moved in the last round can gain a candidate
+            active = torch.nonzero((changed[nb.clamp(min=0)] & has).any(1)).squeeze(1)
+            if not active.numel():
+                break
+            nba = nb[active]
+            centre = torch.where(nba >= 0, best[nba.clamp(min=0)], torch.full_like(nba, -(10 * d_size)))  # [A, K]
+            cand = (centre[:, :, None] + torch.arange(-1, 2, device=device)).reshape(len(active), -1)
+            tt = active[:, None].expand_as(cand)
+            ok = (cand >= 0) & (cand < d_size)
+            cand_c = cand.clamp(0, d_size - 1)
+            ok &= torch.isnan(vol[tt, cand_c])
+            key = torch.unique(tt[ok] * d_size + cand_c[ok])
+            changed = torch.zeros_like(changed)
+            if not key.numel():
+                break
+            t_sel, d_sel = key // d_size, key % d_size
+            vol[t_sel, d_sel] = score_fn(t_sel, d_sel).float()
+            rows = torch.unique(t_sel)
+            new_best = torch.nan_to_num(vol[rows], nan=-float("inf")).argmax(1)
+            changed[rows] = new_best != best[rows]
+            best[rows] = new_best
     argmax = torch.nan_to_num(vol, nan=-float("inf")).argmax(1)
     return argmax, vol
 
 
-def fill_unscored(volume: torch.Tensor) -> torch.Tensor:
+def fill_unscored(volume: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     """Linear interpolation along d of the NaN entries of ``volume [T, D]`` between scored neighbours
-    (constant beyond the first/last scored one; 0 for a row with no score)."""
+    (constant beyond the first/last scored one; 0 for a row with no score). Rows go ``chunk`` at a
+    time (the temporaries stay in cache)."""
     T, D = volume.shape
-    known = ~torch.isnan(volume)
-    idx = torch.arange(D, device=volume.device).expand(T, D)
+    out = torch.empty_like(volume)
+    idx_row = torch.arange(D, device=volume.device, dtype=torch.int32)
     big = D + 1
-    prev = torch.where(known, idx, torch.full_like(idx, -1)).cummax(1).values
-    nxt = torch.where(known, idx, torch.full_like(idx, big)).flip(1).cummin(1).values.flip(1)
-    v = torch.nan_to_num(volume, nan=0.0)
-    has_prev, has_next = prev >= 0, nxt < big
-    vp = torch.gather(v, 1, prev.clamp(min=0))
-    vn = torch.gather(v, 1, nxt.clamp(max=D - 1))
-    w = (idx - prev).float() / (nxt - prev).clamp(min=1).float()
-    out = torch.where(has_prev & has_next, vp + w * (vn - vp), torch.where(has_prev, vp, torch.where(has_next, vn, torch.zeros_like(v))))
-    return torch.where(known, volume, out)
+    for s in range(0, T, chunk):
+        vol = volume[s : s + chunk]
+        known = ~torch.isnan(vol)
+        idx = idx_row.expand_as(vol)
+        prev = torch.where(known, idx, -1).cummax(1).values
+        nxt = torch.where(known, idx, big).flip(1).cummin(1).values.flip(1)
+        v = torch.nan_to_num(vol, nan=0.0)
+        has_prev, has_next = prev >= 0, nxt < big
+        vp = torch.gather(v, 1, prev.clamp(min=0).long())
+        vn = torch.gather(v, 1, nxt.clamp(max=D - 1).long())
+        w = (idx - prev).float() / (nxt - prev).clamp(min=1).float()
+        filled = torch.where(has_prev & has_next, vp + w * (vn - vp), torch.where(has_prev, vp, torch.where(has_next, vn, torch.zeros_like(v))))
+        out[s : s + chunk] = torch.where(known, vol, filled)
+    return out
 
 
 # --------------------------------------------------------------------- per-face inputs (reads files)

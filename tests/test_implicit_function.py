@@ -323,8 +323,8 @@ def test_coarse_to_fine_second_peak_finds_a_narrow_global_mode():
         return (0.8 * torch.exp(-((d - broad[t]) ** 2) / (2 * 15.0**2)) + torch.exp(-((d - narrow[t]) ** 2) / (2 * 2.5**2))).float()
 
     truth = full_search(fn, T, D).argmax(1)
-    one, _ = coarse_to_fine_argmax(fn, T, D, peaks=1)
-    two, _ = coarse_to_fine_argmax(fn, T, D, peaks=2)
+    one, _ = coarse_to_fine_argmax(fn, T, D, (8, 2, 1), peaks=1)
+    two, _ = coarse_to_fine_argmax(fn, T, D, (8, 2, 1), peaks=2)
     assert (one != truth).float().mean() > 0.9  # one coarse peak follows the broad mode
     assert torch.equal(two, truth)
     with pytest.raises(ValueError):
@@ -351,8 +351,8 @@ def test_propagation_spreads_a_mode_the_coarse_pass_missed():
         return (0.8 * torch.exp(-((d - 50.0) ** 2) / (2 * 15.0**2)) + torch.exp(-((d - narrow[t]) ** 2) / (2 * 2.5**2))).float()
 
     truth = full_search(fn, S * S, D).argmax(1)
-    alone, _ = coarse_to_fine_argmax(fn, S * S, D)
-    spread, _ = coarse_to_fine_argmax(fn, S * S, D, neighbours=neighbours, rounds=3)
+    alone, _ = coarse_to_fine_argmax(fn, S * S, D, (8, 2, 1))
+    spread, _ = coarse_to_fine_argmax(fn, S * S, D, (8, 2, 1), neighbours=neighbours, rounds=3)
     assert (alone != truth).any()
     assert torch.equal(spread, truth)
     with pytest.raises(ValueError):
