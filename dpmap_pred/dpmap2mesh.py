@@ -4,7 +4,9 @@
     python dpmap_pred/dpmap2mesh.py --dp_mesh reg.obj --dp_map dp.png --dp_mm_per_unit 1.0 --output meso.obj
 
 For each face: read ``DATA/pred/reg_mesh/reg_PPP_EE.obj`` (capture units, vt in template UV) and
-``DATA/pred/dp_map/dp_map_PPP_EE.png`` (mm, see :mod:`dpmap_pred.encoding`), Loop-subdivide the mesh
+``DATA/pred/dp_map/dp_map_PPP_EE.png`` (mm, see :mod:`dpmap_pred.encoding`), low-pass the mesh with
+``--dp_smooth_iters`` rounds of Taubin smoothing (the map is a displacement from a smooth surface;
+the reg surface's texel-scale noise is not detail), Loop-subdivide it
 (:func:`mvfr.subdivision.loop_subdivision`: Loop's masks with boundary rules, so the surface
 and its normals are smooth; uvs split linearly), sample the map
 bilinearly at every vertex's uv, convert mm to capture units with ``Rt_scale_dict``
@@ -75,8 +77,42 @@ def auto_subdiv_levels(mesh: Mesh, dp_size: int, max_levels: int = MAX_AUTO_LEVE
     return int(np.clip(math.ceil(math.log2(max(med * dp_size, 1.0)) - 1e-9), 0, max_levels))
 
 
-def displace_mesh(mesh: Mesh, dp_mm: np.ndarray, mm_per_unit: float, levels: int = 1) -> tuple[Mesh, Mesh]:
+def taubin_smooth(vertices: np.ndarray, faces: np.ndarray, iters: int, lam: float = 0.5, mu: float = -0.53) -> np.ndarray:
+    """Taubin's lambda/mu smoothing (umbrella Laplacian, boundary vertices fixed) -> new ``[N, 3]``.
+
+    A low-pass filter that, unlike plain Laplacian smoothing, does not shrink the surface: each
+    iteration is a shrinking step (``lam`` > 0) and an inflating one (``mu`` < -``lam``). A planar
+    regular grid is a fixed point.
+    """
+    import scipy.sparse as sp
+
+    v = np.asarray(vertices, dtype=np.float64).copy()
+    if iters <= 0:
+        return v
+    f = np.asarray(faces, dtype=np.int64)
+    e = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+    key = np.sort(e, 1)
+    uniq, count = np.unique(key, axis=0, return_counts=True)
+    boundary = np.zeros(len(v), bool)
+    boundary[uniq[count == 1].ravel()] = True
+    n = len(v)
+    adj = sp.csr_matrix((np.ones(2 * len(uniq)), (np.concatenate([uniq[:, 0], uniq[:, 1]]), np.concatenate([uniq[:, 1], uniq[:, 0]]))), shape=(n, n))
+    deg = np.maximum(np.asarray(adj.sum(1)).ravel(), 1.0)
+    free = (~boundary)[:, None]
+    for _ in range(int(iters)):
+        for w in (lam, mu):
+            v = v + w * free * (adj @ v / deg[:, None] - v)
+    return v
+
+
+def displace_mesh(
+    mesh: Mesh, dp_mm: np.ndarray, mm_per_unit: float, levels: int = 1, smooth_iters: int = 0
+) -> tuple[Mesh, Mesh]:
     """Subdivide ``mesh`` (capture units, with uvs) and displace it by ``dp_mm [H, W]`` (mm, template UV).
+
+    With ``smooth_iters`` > 0 the mesh is first low-passed (:func:`taubin_smooth`): the map is a
+    displacement from a smooth surface, so it is added to the reg surface's smooth part rather than
+    on top of the reg surface's own texel-scale noise.
 
     Returns ``(meso, subdivided)``: both share faces and uvs; ``subdivided.normals`` are the unit
     normals the displacement went along (area-weighted vertex normals of the Loop surface),
@@ -90,7 +126,8 @@ def displace_mesh(mesh: Mesh, dp_mm: np.ndarray, mm_per_unit: float, levels: int
         raise ValueError(f"mm_per_unit must be > 0, got {mm_per_unit}")
     if levels < 0:
         raise ValueError(f"subdivision levels must be >= 0, got {levels}")
-    sub = loop_subdivision(Mesh(mesh.vertices, mesh.faces, mesh.uvs, mesh.face_uvs), int(levels))
+    base = taubin_smooth(mesh.vertices, mesh.faces, smooth_iters) if smooth_iters > 0 else mesh.vertices
+    sub = loop_subdivision(Mesh(base, mesh.faces, mesh.uvs, mesh.face_uvs), int(levels))
     normals = vertex_normals(sub.vertices, sub.faces)
     # Displacement per vertex: mean over the corners' uv samples (one per vertex away from seams).
     corner_dp = sample_bilinear(dp_mm, sub.uvs)[sub.face_uvs.ravel()]
@@ -123,7 +160,7 @@ def main(argv=None) -> int:
         dp, _ = read_dpmap(opt.dp_map)
         mesh = read_mesh(opt.dp_mesh)
         levels = opt.dp_subdiv_levels if opt.dp_subdiv_levels >= 0 else auto_subdiv_levels(mesh, dp.shape[0])
-        meso, _ = displace_mesh(mesh, dp, opt.dp_mm_per_unit or 1.0, levels)
+        meso, _ = displace_mesh(mesh, dp, opt.dp_mm_per_unit or 1.0, levels, opt.dp_smooth_iters)
         write_obj(opt.output, meso)
         print(f"wrote {opt.output}: {len(meso.vertices)} vertices, {levels} subdivision level(s)")
         return 0
@@ -135,7 +172,7 @@ def main(argv=None) -> int:
         dp, _ = read_dpmap(folder.dp_map(fid))
         mesh = read_mesh(folder.reg_mesh(fid))
         levels = opt.dp_subdiv_levels if opt.dp_subdiv_levels >= 0 else auto_subdiv_levels(mesh, dp.shape[0])
-        meso, _ = displace_mesh(mesh, dp, folder.mm_per_unit(fid), levels)
+        meso, _ = displace_mesh(mesh, dp, folder.mm_per_unit(fid), levels, opt.dp_smooth_iters)
         tex = load_image(folder.texture(fid)) if folder.texture(fid).is_file() else None
         write_obj(folder.meso_mesh(fid), meso, texture_image=tex)
         log.info("%s: %d -> %d vertices (%d Loop levels)", fid, len(mesh.vertices), len(meso.vertices), levels)

@@ -162,6 +162,23 @@ def test_zero_map_leaves_the_subdivided_surface_on_the_reg_surface():
     assert tri_n.shape == (len(sub.faces), 3)
 
 
+def test_taubin_smoothing_removes_noise_without_shrinking():
+    from dpmap_pred.dpmap2mesh import taubin_smooth
+
+    plane = uv_grid_mesh(8, surface="plane")
+    np.testing.assert_allclose(taubin_smooth(plane.vertices, plane.faces, 30), plane.vertices, atol=1e-12)  # fixed point
+    sphere = uv_grid_mesh(32, surface="sphere", radius=40.0)
+    r0 = np.linalg.norm(sphere.vertices, axis=1)
+    noisy = sphere.vertices * (1 + 0.002 * np.random.default_rng(0).standard_normal(len(r0)))[:, None]
+    smooth = taubin_smooth(noisy, sphere.faces, 30)
+    err = lambda v: np.abs(np.linalg.norm(v, axis=1) - r0)  # noqa: E731
+    assert err(smooth).mean() < 0.5 * err(noisy).mean()  # the noise is gone ...
+    assert abs(np.linalg.norm(smooth, axis=1).mean() / r0.mean() - 1) < 1e-3  # ... and the sphere did not shrink
+    np.testing.assert_array_equal(taubin_smooth(noisy, sphere.faces, 0), noisy)
+    meso, sub = displace_mesh(Mesh(noisy, sphere.faces, sphere.uvs, sphere.face_uvs), np.zeros((64, 64)), 1.0, 1, smooth_iters=30)
+    assert err(sub.vertices[: len(r0)]).mean() < err(noisy).mean()
+
+
 def test_displacement_follows_the_map_and_the_unit_conversion():
     plane = uv_grid_mesh(8, lo=0.0, hi=1.0, surface="plane")
     size = 64
@@ -194,7 +211,7 @@ def test_dpmap2mesh_script_writes_textured_mesh(tmp_path):
     write_obj(mesh_path, uv_grid_mesh(4, surface="sphere"))
     write_dpmap(dp_path, np.full((16, 16), 0.2))
     assert dpmap2mesh.main(["--dp_mesh", str(mesh_path), "--dp_map", str(dp_path), "--output", str(out),
-                            "--dp_mm_per_unit", "2.0", "--dp_subdiv_levels", "1"]) == 0
+                            "--dp_mm_per_unit", "2.0", "--dp_subdiv_levels", "1", "--dp_smooth_iters", "0"]) == 0
     meso = read_obj(out)
     assert len(meso.faces) == 4 * 32 and meso.uvs is not None and meso.normals is not None
     r = np.linalg.norm(meso.vertices, axis=1)
