@@ -510,6 +510,22 @@ def coarse_peaks(values: torch.Tensor, count: int) -> torch.Tensor:
     return torch.where(torch.isfinite(top), pos, torch.full_like(pos, -1))
 
 
+def _score_candidates(score_fn: ScoreFn, vol: torch.Tensor, rows: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """Score, once each, the candidates ``cand [R, C]`` (d indices; out-of-range ones are skipped) of
+    texels ``rows [R]`` that ``vol [T, D]`` has not scored yet; writes them into ``vol`` and returns
+    the texels that got a new score."""
+    d_size = vol.shape[1]
+    tt = rows[:, None].expand_as(cand)
+    ok = (cand >= 0) & (cand < d_size)
+    cand_c = cand.clamp(0, d_size - 1)
+    ok &= torch.isnan(vol[tt, cand_c])
+    key = torch.unique(tt[ok] * d_size + cand_c[ok])  # overlapping windows: each hypothesis once
+    t_sel, d_sel = key // d_size, key % d_size
+    if t_sel.numel():
+        vol[t_sel, d_sel] = score_fn(t_sel, d_sel).float()
+    return torch.unique(t_sel)
+
+
 def coarse_to_fine_argmax(
     score_fn: ScoreFn,
     num_texels: int,
@@ -557,14 +573,7 @@ def coarse_to_fine_argmax(
         j = torch.arange(-((prev - 1) // s), (prev - 1) // s + 1, device=device) * s
         j = j[j != 0]
         cand = (centre[:, :, None] + j[None, None, :]).reshape(num_texels, -1)  # [T, P * J]
-        tt = torch.arange(num_texels, device=device)[:, None].expand_as(cand)
-        ok = (cand >= 0) & (cand < d_size)
-        cand_c = cand.clamp(0, d_size - 1)
-        ok &= torch.isnan(vol[tt, cand_c])
-        key = torch.unique(tt[ok] * d_size + cand_c[ok])  # overlapping windows: score each hypothesis once
-        t_sel, d_sel = key // d_size, key % d_size
-        if t_sel.numel():
-            vol[t_sel, d_sel] = score_fn(t_sel, d_sel).float()
+        _score_candidates(score_fn, vol, torch.arange(num_texels, device=device), cand)
     if rounds > 0 and neighbours is None:
         raise ValueError("propagation rounds need the neighbours table")
     if rounds > 0:
@@ -580,17 +589,10 @@ def coarse_to_fine_argmax(
             nba = nb[active]
             centre = torch.where(nba >= 0, best[nba.clamp(min=0)], torch.full_like(nba, -(10 * d_size)))  # [A, K]
             cand = (centre[:, :, None] + torch.arange(-1, 2, device=device)).reshape(len(active), -1)
-            tt = active[:, None].expand_as(cand)
-            ok = (cand >= 0) & (cand < d_size)
-            cand_c = cand.clamp(0, d_size - 1)
-            ok &= torch.isnan(vol[tt, cand_c])
-            key = torch.unique(tt[ok] * d_size + cand_c[ok])
+            rows = _score_candidates(score_fn, vol, active, cand)
             changed = torch.zeros_like(changed)
-            if not key.numel():
+            if not rows.numel():
                 break
-            t_sel, d_sel = key // d_size, key % d_size
-            vol[t_sel, d_sel] = score_fn(t_sel, d_sel).float()
-            rows = torch.unique(t_sel)
             new_best = torch.nan_to_num(vol[rows], nan=-float("inf")).argmax(1)
             changed[rows] = new_best != best[rows]
             best[rows] = new_best
