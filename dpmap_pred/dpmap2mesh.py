@@ -86,17 +86,18 @@ def taubin_smooth(vertices: np.ndarray, faces: np.ndarray, iters: int, lam: floa
     """
     import scipy.sparse as sp
 
+    from mvfr.subdivision import mesh_edges
+    from mvfr.uv_rasterizer import boundary_edges
+
     v = np.asarray(vertices, dtype=np.float64).copy()
     if iters <= 0:
         return v
-    f = np.asarray(faces, dtype=np.int64)
-    e = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
-    key = np.sort(e, 1)
-    uniq, count = np.unique(key, axis=0, return_counts=True)
+    edges, _ = mesh_edges(faces)
     boundary = np.zeros(len(v), bool)
-    boundary[uniq[count == 1].ravel()] = True
+    boundary[boundary_edges(faces).ravel()] = True
     n = len(v)
-    adj = sp.csr_matrix((np.ones(2 * len(uniq)), (np.concatenate([uniq[:, 0], uniq[:, 1]]), np.concatenate([uniq[:, 1], uniq[:, 0]]))), shape=(n, n))
+    i, j = np.concatenate([edges[:, 0], edges[:, 1]]), np.concatenate([edges[:, 1], edges[:, 0]])
+    adj = sp.csr_matrix((np.ones(len(i)), (i, j)), shape=(n, n))
     deg = np.maximum(np.asarray(adj.sum(1)).ravel(), 1.0)
     free = (~boundary)[:, None]
     for _ in range(int(iters)):
