@@ -10,7 +10,8 @@ also scores +-1 around its 8 UV neighbours' best); ``--search full`` scores all 
 
 Writes, per face (atomically; skipped when they exist unless --overwrite):
   DATA/volume/<split>/ori_volume_PPP_EE.npy   [D, S, S] float16 scores (unscored hypotheses of the
-                                              c2f search interpolated along d; 0 outside the mask)
+                                              c2f search interpolated along d; 0 outside the
+                                              searched texels)
   DATA/pred/if_map/disp_map_PPP_EE.npy        [S, S] float32 argmax displacement along the normal, units
   DATA/pred/if_mesh/if_PPP_EE.obj             UV-grid mesh of pos_map + n * disp over the searched texels
 """

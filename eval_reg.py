@@ -6,8 +6,9 @@ Per face: ``volume/<split>/ori_volume_PPP_EE.npy`` and the base maps -> soft-arg
 (steps, then capture units) -> ``pred/reg_map/pos_map_PPP_EE.npy`` ([S, S, 3] float32, capture
 units: ``pos_map + norm_map * disp`` on the refined texels, the base ``pos_map`` elsewhere) and
 ``pred/reg_mesh/reg_PPP_EE.obj`` (one vertex per refined texel, two triangles per full 2 x 2 quad,
-counter-clockwise seen from outside, with vt and vn). Refined texels: the template's facial mask
-where the base surface exists (no ground truth needed). The network's width comes from the
+counter-clockwise seen from outside, with vt and vn). Refined texels: those eval_if searched (the
+template's facial mask and a thin rim around its outline, where the base surface exists; no ground
+truth needed). The network's width comes from the
 checkpoint. Inference runs under ``torch.no_grad()``, tile by tile (``--reg_tile``, ``--reg_overlap``).
 """
 
