@@ -128,7 +128,7 @@ class RawFolder(_Meta):
         return self.capture_dir(fid) / "params.json"
 
     def scan(self, fid: str) -> Path:
-        """Ground-truth scan (PLY, capture units, carries the template's uvs when synthetic)."""
+        """Ground-truth scan (PLY, capture units, its own topology; its uvs, if any, are not the template's)."""
         pid, eid = parse_face_id(fid)
         return self.root / "mesh" / str(pid) / f"{expression_dirname(eid)}.ply"
 
@@ -136,6 +136,11 @@ class RawFolder(_Meta):
         """Ground-truth mesoscopic displacement in template UV (synthetic data only; see gen_synthetic.py)."""
         pid, eid = parse_face_id(fid)
         return self.root / "dpmap" / str(pid) / f"{expression_dirname(eid)}.npy"
+
+    def region(self, fid: str) -> Path:
+        """Optional facial region of the scan: ``[V_scan] bool``, one entry per scan vertex (DESIGN §4, §6)."""
+        pid, eid = parse_face_id(fid)
+        return self.root / "region" / str(pid) / f"{expression_dirname(eid)}.npy"
 
     def landmarks3d(self, fid: str) -> Path:
         """Ground-truth 3D landmark positions [468, 3] in capture units (synthetic data only)."""
