@@ -2,10 +2,12 @@
 
     python gen_synthetic.py --out RAW --num_ids 4 --num_exps 3 --num_views 10 --image_long_side 1296 --seed 0
 
-RAW/imgs/<pid>/<k>_<exp>/<view>.jpg + params.json, RAW/mesh/<pid>/<k>_<exp>.ply (scan, capture units,
-template uvs on the face), RAW/dpmap/... (mesoscopic displacement, mm, template UV),
-RAW/landmarks/... (468 3D landmarks, capture units), RAW/select_dict.json, id.json, Rt_scale_dict.json.
-Deterministic for a seed. See mvfr/synthesis/ for what is generated and its units.
+Heads from the ICT Face Model (random identities, FaceScape's expressions as blend shapes), procedural
+skin and mesoscopic detail, varied rigs, lights and camera effects (see mvfr/synthesis/).
+RAW/imgs/<pid>/<k>_<exp>/<view>.jpg + params.json, RAW/mesh/<pid>/<k>_<exp>.ply (the detailed head in
+the ICT topology, capture units), RAW/region/... (bool per scan vertex: the facial region),
+RAW/dpmap/... (mesoscopic displacement, mm, template UV), RAW/landmarks/... (468 3D landmarks on the
+scan, capture units), RAW/select_dict.json, id.json, Rt_scale_dict.json. Deterministic for a seed.
 """
 
 import sys
@@ -14,7 +16,7 @@ from tqdm import tqdm
 
 from mvfr.datafolder import RawFolder, face_id
 from mvfr.runtime import setup_logging
-from mvfr.synthesis.capture import SynthOptions, select_views, synthesize_capture, write_capture, write_metadata
+from mvfr.synthesis.capture import SynthOptions, capture_plan, synthesize_capture, write_capture, write_metadata
 from options import parse_options
 
 
@@ -25,16 +27,20 @@ def main(argv=None) -> int:
     sopt = SynthOptions(
         num_views=opt.num_views, image_long_side=opt.image_long_side, num_invalid_views=opt.num_invalid_views,
         distorted_fraction=opt.distorted_fraction, dpmap_size=opt.dpmap_size, albedo_size=opt.albedo_size, seed=opt.seed,
+        layout=opt.layout, mixed_sizes=opt.mixed_sizes, identity_scale=opt.identity_scale, detail_gain=opt.detail_gain,
     )
+    if not 2 <= opt.num_views <= 16:
+        print(f"gen_synthetic.py: --num_views must be between 2 and 16, got {opt.num_views}", file=sys.stderr)
+        return 2
     pids = list(range(opt.first_id, opt.first_id + opt.num_ids))
     ids = [(p, e) for p in pids for e in range(1, opt.num_exps + 1)]
     select, rt_scale = {}, {}
     for pid, eid in tqdm(ids, desc="gen_synthetic", unit="face", file=sys.stderr):
-        cap = synthesize_capture(pid, eid, sopt)  # cheap to redo for the metadata; images are only rewritten on demand
         if opt.overwrite or not raw.params(face_id(pid, eid)).is_file():
-            write_capture(raw, cap)
-        select.setdefault(str(pid), {})[str(eid)] = select_views(cap)
-        rt_scale.setdefault(str(pid), {})[str(eid)] = cap.rt_scale
+            write_capture(raw, synthesize_capture(pid, eid, sopt))
+        plan = capture_plan(pid, eid, sopt)  # the metadata, without rendering an existing capture again
+        select.setdefault(str(pid), {})[str(eid)] = plan.select_views()
+        rt_scale.setdefault(str(pid), {})[str(eid)] = plan.rt_scale
     eval_pids = set(pids[len(pids) - min(opt.num_eval_ids, len(pids)):]) if opt.num_eval_ids > 0 else set()
     write_metadata(raw, select, rt_scale, ids, eval_pids)
     print(f"wrote {len(ids)} captures ({opt.num_ids} identities x {opt.num_exps} expressions, {opt.num_views} views) to {raw.root}")

@@ -113,7 +113,7 @@ def add_synthetic_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--out", type=str, default="raw", help="RAW folder to write (FaceScape multi-view layout)")
     g.add_argument("--num_ids", type=int, default=4, help="number of synthetic identities")
     g.add_argument("--num_exps", type=int, default=3, help="expressions per identity (FaceScape order: neutral, smile, mouth_stretch, ...)")
-    g.add_argument("--num_views", type=int, default=10, help="cameras per capture")
+    g.add_argument("--num_views", type=int, default=10, help="cameras per capture (2 to 16)")
     g.add_argument("--image_long_side", type=int, default=1296, help="long side of the rendered images, in pixels")
     g.add_argument("--num_eval_ids", type=int, default=1, help="identities put in the eval split of id.json")
     g.add_argument("--seed", type=int, default=0, help="random seed (the dataset is deterministic for a seed)")
@@ -121,7 +121,14 @@ def add_synthetic_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num_invalid_views", type=int, default=1, help="views per capture marked '<v>_valid': false")
     g.add_argument("--distorted_fraction", type=float, default=0.5, help="fraction of cameras with lens distortion applied to the image")
     g.add_argument("--dpmap_size", type=int, default=1024, help="side of the ground-truth mesoscopic displacement map, in texels")
-    g.add_argument("--albedo_size", type=int, default=1024, help="side of the per-person UV albedo used for rendering, in texels")
+    g.add_argument("--albedo_size", type=int, default=2048,
+                   help="side of the per-person face-tile albedo and detail maps used for rendering, in texels (0.14 mm per texel at 2048)")
+    g.add_argument("--layout", type=str, default=None, choices=("ring", "two_rows", "arc", "scatter"),
+                   help="camera layout of every capture (default: drawn per capture)")
+    g.add_argument("--mixed_sizes", action="store_true",
+                   help="draw each camera's image size between 0.5 and 12 megapixels instead of --image_long_side +-10%%")
+    g.add_argument("--identity_scale", type=float, default=1.0, help="std of the ICT identity weights (1: the model's own prior)")
+    g.add_argument("--detail_gain", type=float, default=1.0, help="scale of the mesoscopic detail (0: none), unitless")
     g.add_argument("--overwrite", action="store_true", help="regenerate captures whose params.json already exists")
 
 

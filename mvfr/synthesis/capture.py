@@ -1,17 +1,23 @@
 """One synthetic capture (a person with an expression, seen by a rig) and the RAW dataset around it.
 
-Ground truth written per face (paths from :class:`mvfr.datafolder.RawFolder`):
+A person is an ICT Face Model identity (:mod:`.ict`, weights ``N(0, 1)`` per mode), a procedural
+skin (:mod:`.skin`) and a mesoscopic detail layout (:mod:`.meso`); a capture adds one FaceScape
+expression (:mod:`.expressions`, random intensity), a rig (:mod:`.rig`), lights and camera effects.
 
-* ``mesh/<pid>/<k>_<exp>.ply`` (``scan``): the surface the images were rendered from, in capture
-  units. Face part: the template face Loop-subdivided 4 times (about 115k vertices), with the
-  mesoscopic detail applied, carrying the template uvs (barycentric inside each template triangle).
-  Head part (skull, ears, hair volume, neck; subdivided 3 times) carries uv = (-1, -1), outside
-  the template UV square, so a facial-mask lookup never selects it. The two parts meet along the
-  face boundary (vertices duplicated there; no hole, but two connected components).
-* ``dpmap/<pid>/<k>_<exp>.npy`` (``meso_dpmap``): ``[S, S]`` float32, **mm**, the mesoscopic
-  displacement along the normal of the smooth surface, in the template UV (DESIGN §3 texel convention).
-* ``landmarks/<pid>/<k>_<exp>.npy`` (``landmarks3d``): ``[468, 3]`` float64, capture units: the scan
-  point with the template uv of landmark i (the subdivided copy of template vertex i).
+Ground truth written per face (paths from :class:`mvfr.datafolder.RawFolder`), in capture units:
+
+* ``mesh/<pid>/<k>_<exp>.ply`` (``scan``): the detailed head in the ICT topology (skin Loop-subdivided
+  :data:`.head.SCAN_LEVEL` times with the detail applied, eyeballs, teeth, gums and tongue), with
+  the ICT uvs per vertex; like a real scan, it does not carry the template's uvs.
+* ``region/<pid>/<k>_<exp>.npy``: ``[V_scan] bool``, the facial region every metric uses (the ICT
+  face area without the neck below the chin: eyelids and lips included, inner mouth and eyeballs not).
+* ``landmarks/<pid>/<k>_<exp>.npy``: ``[468, 3]`` float64, the template's landmarks on the scan
+  surface, through the fixed template <-> ICT correspondence (:mod:`.correspondence`).
+* ``dpmap/<pid>/<k>_<exp>.npy``: ``[S, S]`` float32 **mm**, the mesoscopic displacement along the
+  smooth surface's normal, in the template UV (DESIGN §3 texel convention), through the same
+  correspondence, filtered to the map's texel size.
+
+Everything is deterministic for ``(seed, pid, eid)``.
 """
 
 from __future__ import annotations
@@ -24,12 +30,8 @@ import numpy as np
 from mvfr.camera import Camera
 from mvfr.datafolder import EXPRESSION_NAMES, RawFolder, face_id
 from mvfr.mesh_io import Mesh
-from mvfr.render import Renderer, RenderMesh
-from mvfr.synthesis import appearance, detail, rig, shape
-
-
-FACE_LEVELS = 4  # Loop levels of the face (>= 100k vertices over the face)
-HEAD_LEVELS = 3  # Loop levels of the head part of the scan
+from mvfr.synthesis import correspondence, expressions, head, ict, meso, rig, skin
+from mvfr.synthesis.head_render import HeadMesh, HeadRenderer, HeadTextures
 
 
 @dataclasses.dataclass
@@ -39,9 +41,13 @@ class SynthOptions:
     num_invalid_views: int = 1
     distorted_fraction: float = 0.5
     dpmap_size: int = 1024
-    albedo_size: int = 1024
+    albedo_size: int = 2048  # face-tile albedo and detail maps (the head tile is half of it)
     seed: int = 0
     keep_clean: bool = False  # also keep the undistorted renders (tests)
+    layout: str | None = None  # rig layout (rig.LAYOUTS); None: drawn per capture
+    mixed_sizes: bool = False  # image sizes drawn per camera between 0.5 and 12 MP
+    identity_scale: float = 1.0  # std of the identity weights
+    detail_gain: float = 1.0  # scales the mesoscopic detail (0: none)
 
 
 @dataclasses.dataclass
@@ -50,71 +56,102 @@ class SyntheticCapture:
     cameras: dict[str, Camera]  # capture units, with distortion and validity
     images: dict[str, np.ndarray]  # RGB uint8, distorted
     scan: Mesh  # capture units
+    region: np.ndarray  # [V_scan] bool
     dpmap: np.ndarray  # [S, S] float32 mm
     landmarks3d: np.ndarray  # [468, 3] capture units
     rt_scale: list  # [mm_per_unit, Rt 3x4]
     yaw_pitch: dict[str, tuple[float, float]]  # degrees, head frame
     jpeg_quality: dict[str, int]
+    expression_weights: np.ndarray  # [53] ICT blend-shape weights
     cameras_mm: dict[str, Camera] | None = None  # the renderer's cameras (head frame, mm), with distortion
     landmarks_mm: np.ndarray | None = None  # [468, 3] head frame, mm
+    scan_mm: Mesh | None = None  # the scan in the head frame, mm
     clean: dict[str, np.ndarray] | None = None  # undistorted renders (same K), when keep_clean
 
 
-def fast_vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted unit vertex normals [N, 3] (bincount; fast on large meshes)."""
-    tri = vertices[faces]
-    fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    out = np.zeros_like(vertices)
-    for j in range(3):
-        for k in range(3):
-            out[:, j] += np.bincount(faces[:, k], weights=fn[:, j], minlength=len(vertices))
-    n = np.linalg.norm(out, axis=1, keepdims=True)
-    return out / np.maximum(n, 1e-30)
+@dataclasses.dataclass
+class Person:
+    identity_weights: np.ndarray  # [100]
+    skin: object  # skin.SkinParams
+    layout: object  # meso.DetailLayout
+    age: float
+    textures: dict  # face/head albedo (linear float32) and specular maps
+    colors: np.ndarray  # [V, 3] linear RGB of the non-skin parts
+    spec: np.ndarray  # [V]
 
 
-@functools.lru_cache(maxsize=1)
-def scan_topology() -> dict[str, np.ndarray]:
-    """Index tables that cut the fine mesh into the scan (face at FACE_LEVELS, head at HEAD_LEVELS)."""
-    fine = shape.fine_topology(FACE_LEVELS)
-    coarse_faces_n = len(shape.load_template().faces)
-    face_faces = fine.faces[shape.coarse_face_of_fine(FACE_LEVELS) < coarse_faces_n]
-    head_sub = shape.subdivision(shape.head_topology()[0], shape.head_topology()[1], HEAD_LEVELS)
-    head_faces = head_sub.faces[np.arange(len(head_sub.faces)) // 4**HEAD_LEVELS >= coarse_faces_n]
-    # head vertices of level HEAD_LEVELS keep their index at level FACE_LEVELS (old vertices come first)
-    fv = np.unique(face_faces)
-    hv = np.unique(head_faces)
-    remap_f = np.full(fine.num_vertices[-1], -1)
-    remap_f[fv] = np.arange(len(fv))
-    remap_h = np.full(fine.num_vertices[-1], -1)
-    remap_h[hv] = np.arange(len(hv)) + len(fv)
-    scan_faces = np.concatenate([remap_f[face_faces], remap_h[head_faces]])
-    merged_faces = np.concatenate([face_faces, head_faces])  # on fine indices (T-junctions at the seam)
-    return {"face_vertices": fv, "head_vertices": hv, "scan_faces": scan_faces, "merged_faces": merged_faces}
-
-
-@functools.lru_cache(maxsize=8)
-def _person(seed: int, pid: int, albedo_size: int):
+@functools.lru_cache(maxsize=4)
+def _person(seed: int, pid: int, albedo_size: int, identity_scale: float) -> Person:
+    m = ict.load_model()
     rng = np.random.default_rng([seed, pid, 11])
-    identity = shape.sample_identity(pid, rng)
-    skin = appearance.sample_skin(rng)
-    albedo = appearance.face_albedo(skin, albedo_size, np.random.default_rng([seed, pid, 12]))
-    return identity, skin, albedo
+    w = ict.sample_identity_weights(rng, len(m.identity), identity_scale)
+    age = float(rng.uniform(0.0, 1.0))
+    params = skin.sample_skin(np.random.default_rng([seed, pid, 12]))
+    neutral = m.head(w)
+    tex_rng = np.random.default_rng([seed, pid, 13])
+    face_albedo = skin.srgb_to_linear(skin.face_albedo(m, params, albedo_size, tex_rng))
+    head_albedo = skin.srgb_to_linear(skin.head_albedo(m, params, max(albedo_size // 2, 64), tex_rng))
+    textures = {
+        "face_albedo": face_albedo, "head_albedo": head_albedo,
+        "face_spec": skin.face_specular(m, params, albedo_size, tex_rng),
+        "head_spec": skin.head_specular(m, params, max(albedo_size // 2, 64), tex_rng),
+    }
+    colors, spec = skin.part_colors(m, params, np.random.default_rng([seed, pid, 14]), neutral)
+    layout = meso.sample_layout(m, neutral, np.random.default_rng([seed, pid, 15]), age)
+    return Person(w, params, layout, age, textures, colors, spec)
 
 
 def _background(H: int, W: int, rng: np.random.Generator) -> np.ndarray:
-    base = rng.uniform(0.2, 0.6) * (1 + rng.uniform(-0.08, 0.08, 3))
-    y = np.linspace(-0.5, 0.5, H)[:, None, None]
-    x = np.linspace(-0.5, 0.5, W)[None, :, None]
-    g = 1 + rng.uniform(-0.25, 0.25) * y + rng.uniform(-0.1, 0.1) * x - 0.3 * (x**2 + y**2)
+    """A studio backdrop: a smooth gradient in a random grey or muted colour (linear RGB)."""
+    base = rng.uniform(0.04, 0.35) * (1 + rng.uniform(-0.25, 0.25, 3))
+    y = np.linspace(-0.5, 0.5, H, dtype=np.float32)[:, None, None]
+    x = np.linspace(-0.5, 0.5, W, dtype=np.float32)[None, :, None]
+    g = 1 + rng.uniform(-0.4, 0.4) * y + rng.uniform(-0.2, 0.2) * x - 0.5 * (x**2 + y**2)
     return (base[None, None] * g).astype(np.float32)
 
 
-def _render_view(r: Renderer, cam_mm: Camera, lighting, rng: np.random.Generator, keep_clean: bool):
-    """Render one view (mm camera with distortion): returns the distorted RGB uint8 image (and the clean one)."""
+def height_gradient(h: np.ndarray) -> np.ndarray:
+    """``[S, S, 2]``: ``dh/du``, ``dh/dv`` of a face-tile map (mm per uv unit; row 0 is v near 1)."""
+    S = h.shape[0]
+    gy, gx = np.gradient(h.astype(np.float32))
+    return np.stack([gx * S, -gy * S], -1).astype(np.float32)
+
+
+@dataclasses.dataclass
+class CameraResponse:
+    """Per-view camera effects: exposure gain, white balance [3], defocus sigma (px), read and shot noise."""
+
+    gain: float
+    white_balance: np.ndarray
+    defocus_px: float
+    read_noise: float
+    shot_noise: float
+
+    @staticmethod
+    def sample(rng: np.random.Generator) -> "CameraResponse":
+        return CameraResponse(float(rng.uniform(0.8, 1.25)), (1 + rng.uniform(-0.06, 0.06, 3)).astype(np.float32),
+                              float(rng.uniform(0.0, 0.9)), float(rng.uniform(0.6, 2.0) / 255), float(rng.uniform(0.006, 0.015)))
+
+    def apply(self, img_lin: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+        """Linear RGB ``[H, W, 3]`` -> uint8: exposure, white balance, defocus, gamma 1/2.2, noise (skipped without ``rng``)."""
+        import cv2
+
+        img = np.ascontiguousarray(img_lin * (self.gain * self.white_balance), dtype=np.float32)
+        if rng is not None and self.defocus_px > 0.25:
+            img = cv2.GaussianBlur(img, (0, 0), self.defocus_px)
+        disp = cv2.pow(np.clip(img, 0, 1), 1 / 2.2)
+        if rng is not None:
+            noise = rng.standard_normal(img.shape, dtype=np.float32)
+            disp = disp + noise * (self.read_noise + self.shot_noise * cv2.sqrt(disp))
+        return np.clip(disp * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _render_view(r: HeadRenderer, cam_mm: Camera, lighting, rng: np.random.Generator, keep_clean: bool, detail_gain: float):
+    """Render one view (mm camera with distortion): the distorted RGB uint8 image (and the clean one:
+    undistorted, same exposure and white balance, no defocus or noise)."""
     import cv2
 
     W, H = cam_mm.width, cam_mm.height
-    K = cam_mm.K
     distorted = bool(np.any(cam_mm.dist))
     if distorted:
         mx, my = rig.distortion_maps(cam_mm)
@@ -124,92 +161,126 @@ def _render_view(r: Renderer, cam_mm: Camera, lighting, rng: np.random.Generator
         y1 = int(np.ceil(max(my.max(), H - 1))) + 2
     else:
         x0, y0, x1, y1 = 0, 0, W - 1, H - 1
-    Kc = K.copy()
+    Kc = cam_mm.K.copy()
     Kc[0, 2] -= x0
     Kc[1, 2] -= y0
     cw, ch = x1 - x0 + 1, y1 - y0 + 1
-    rgb, alpha = r.render(Kc, cam_mm.Rt, cw, ch, lighting)
-    bg = _background(ch, cw, rng)
-    img = rgb + bg * (1 - alpha[..., None])
-    # camera response: exposure and white balance per camera
-    img = img * rng.uniform(0.92, 1.08) * (1 + rng.uniform(-0.03, 0.03, 3)).astype(np.float32)
-    clean = None
-    if keep_clean:
-        clean = np.clip(img[-y0 : -y0 + H, -x0 : -x0 + W] * 255 + 0.5, 0, 255).astype(np.uint8)
+    rgb, alpha = r.render(Kc, cam_mm.Rt, cw, ch, lighting, detail_gain=detail_gain)
+    img = rgb + _background(ch, cw, rng) * (1 - alpha[..., None])
+    response = CameraResponse.sample(rng)
+    clean = response.apply(img[-y0 : -y0 + H, -x0 : -x0 + W], None) if keep_clean else None
     if distorted:
         img = cv2.remap(img, mx - x0, my - y0, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     else:
-        img = img[: H, : W]
-    # sensor noise (read + shot), then 8 bits
-    sigma = rng.uniform(1.0, 2.5) / 255
-    img = img + rng.standard_normal(img.shape, dtype=np.float32) * (sigma + 0.01 * np.sqrt(np.clip(img, 0, 1)))
-    return np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8), clean
+        img = img[:H, :W]
+    return response.apply(img, rng), clean
 
 
-def synthesize_capture(pid: int, eid: int, opt: SynthOptions, renderer: Renderer | None = None) -> SyntheticCapture:
-    """Everything of face ``PPP_EE`` in memory (deterministic for ``opt.seed``, pid, eid)."""
+def _render_mesh(geom: head.RenderGeometry, person: Person, coarse: np.ndarray) -> HeadMesh:
+    ao = np.clip(head.spread_attribute(geom, head.ambient_occlusion(coarse)), 0.0, 1.0)
+    sockets = np.isin(geom.part, [ict.PART_NAMES.index(p) for p in ("eye_socket_left", "eye_socket_right")])
+    ao = np.where(sockets, np.maximum(ao, 0.45), ao)  # the lid margins are seen from outside, not from inside the socket
+    face_i, head_i = ict.PART_NAMES.index("face"), ict.PART_NAMES.index("head")
+    material = np.where(geom.part == face_i, 0, np.where(geom.part == head_i, 1, 2)).astype(np.float64)
+    colors = head.spread_attribute(geom, person.colors)
+    spec = np.where(material < 2, 1.0, head.spread_attribute(geom, person.spec))
+    lash = np.isin(geom.part, [ict.PART_NAMES.index(p) for p in head.LASH_PARTS])
+    eye = np.isin(geom.part, [ict.PART_NAMES.index(p) for p in ("eyeball_left", "eyeball_right")])
+    teeth = geom.part == ict.PART_NAMES.index("teeth")
+    shininess = np.select([eye, teeth, lash], [300.0, 60.0, 8.0], 24.0)
+    return HeadMesh(geom.vertices, geom.faces, geom.normals, geom.tangent_u, geom.tangent_v, geom.uvs, colors,
+                    material, spec, shininess, ao)
+
+
+@dataclasses.dataclass
+class CapturePlan:
+    """The random choices of one capture that do not need the geometry (cheap to redo)."""
+
+    expression_weights: np.ndarray  # [53]
+    views: list  # [rig.RigView]
+    lighting: object
+    transform: tuple  # (mm_per_unit, R_c, t_c)
+    invalid: set
+    rng: np.random.Generator  # continues with the per-view draws
+
+    @property
+    def rt_scale(self) -> list:
+        return rig.rt_scale_entry(*self.transform)
+
+    def select_views(self) -> list[int]:
+        """select_dict entry: every view, frontal first (by |yaw|)."""
+        return sorted(range(len(self.views)), key=lambda k: abs(self.views[k].yaw_deg))
+
+
+def capture_plan(pid: int, eid: int, opt: SynthOptions) -> CapturePlan:
+    """Expression weights, rig, lights, capture frame and invalid views of face ``PPP_EE``."""
     if not 1 <= eid <= len(EXPRESSION_NAMES):
         raise ValueError(f"expression id {eid} is outside 1..{len(EXPRESSION_NAMES)}")
-    expr = EXPRESSION_NAMES[eid - 1]
-    fid = face_id(pid, eid)
-    identity, skin, albedo = _person(opt.seed, pid, opt.albedo_size)
+    m = ict.load_model()
     rng = np.random.default_rng([opt.seed, pid, eid, 21])
-
-    # geometry (mm, head frame)
-    geom = shape.build_face(identity, expr, FACE_LEVELS)
-    topo = scan_topology()
-    fv, hv = topo["face_vertices"], topo["head_vertices"]
-    fine_faces = shape.fine_topology(FACE_LEVELS).faces
-    n_smooth = fast_vertex_normals(geom.fine, fine_faces)
-    dpmap = detail.detail_map(opt.dpmap_size, identity.age, expr, np.random.default_rng([opt.seed, pid, 13]))
-    pts = geom.fine.copy()
-    pts[fv] += n_smooth[fv] * detail.sample_map(dpmap, geom.uvs[fv])[:, None]
-    normals = fast_vertex_normals(pts, topo["merged_faces"])
-    verts_mm = np.concatenate([pts[fv], pts[hv]])
-    vnorm = np.concatenate([normals[fv], normals[hv]])
-    uvs = np.concatenate([geom.uvs[fv], np.full((len(hv), 2), -1.0)])
-    center = identity.head.center * identity.scale
-    dirs = (pts[hv] - center) / identity.scale
-    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-    head_rgb, head_spec = appearance.head_colors(dirs, pts[hv], skin, identity.head, np.random.default_rng([opt.seed, pid, 14]))
-    colors = np.concatenate([np.tile(skin["tone"], (len(fv), 1)), head_rgb])
-    tex_w = np.concatenate([np.ones(len(fv)), np.zeros(len(hv))])
-    spec = np.concatenate([np.ones(len(fv)), head_spec])
-    landmarks_mm = pts[: shape.N_FACE]
-
-    # rig, lights, capture frame
-    views = rig.sample_rig(opt.num_views, opt.image_long_side, rng, opt.distorted_fraction)
+    ew = expressions.sample_expression_weights(EXPRESSION_NAMES[eid - 1], m.expression_names, rng)
+    views = rig.sample_rig(opt.num_views, opt.image_long_side, rng, opt.distorted_fraction, opt.layout, opt.mixed_sizes)
     lighting = rig.sample_lighting(rng)
-    s, R, t = rig.sample_capture_transform(rng)
+    transform = rig.sample_capture_transform(rng)
     order = sorted(range(len(views)), key=lambda k: abs(views[k].yaw_deg))
     n_inv = min(opt.num_invalid_views, max(len(views) - 2, 0))
     invalid = set(rng.choice(order[1:], size=n_inv, replace=False).tolist()) if n_inv else set()
+    return CapturePlan(ew, views, lighting, transform, invalid, rng)
 
+
+def synthesize_capture(pid: int, eid: int, opt: SynthOptions, renderer: HeadRenderer | None = None) -> SyntheticCapture:
+    """Everything of face ``PPP_EE`` in memory (deterministic for ``opt.seed``, pid, eid)."""
+    plan = capture_plan(pid, eid, opt)  # validates eid
+    m = ict.load_model()
+    fid = face_id(pid, eid)
+    person = _person(opt.seed, pid, opt.albedo_size, float(opt.identity_scale))
+    ew, rng = plan.expression_weights, plan.rng
+    coarse = m.head(person.identity_weights, ew)
+
+    # mesoscopic detail (face tile, mm) and the geometry carrying it
+    h = meso.displacement_map(person.layout, m, ew, opt.albedo_size, np.random.default_rng([opt.seed, pid, eid, 22]))
+    h = (h * opt.detail_gain).astype(np.float32)
+
+    def height(uv):
+        return meso.sample_at(h, uv)
+
+    chin_y = float(coarse[m.landmarks68[8], 1])
+    scan = head.build_scan(coarse, height, chin_y=chin_y)
+    geom = head.build_render(coarse, height)
+    tex = person.textures
+    albedo = skin.cavity_shade(tex["face_albedo"], h, 1.0)
+    textures = HeadTextures(albedo, tex["face_spec"], height_gradient(h), tex["head_albedo"], tex["head_spec"])
+    landmarks_mm = correspondence.landmarks_on_scan(scan)
+    dpmap = correspondence.template_dpmap(h, opt.dpmap_size)
+
+    views, lighting, (s, R, t), invalid = plan.views, plan.lighting, plan.transform, plan.invalid
     own = renderer is None
-    r = renderer or Renderer(samples=0)
+    r = renderer or HeadRenderer()
     images, clean, cams, yp, quality = {}, {}, {}, {}, {}
     try:
-        r.set_mesh(RenderMesh(verts_mm, topo["scan_faces"], vnorm, uvs=np.clip(uvs, 0, 1), colors=colors,
-                              tex_weight=tex_w, spec=spec, texture=albedo))
+        r.set_mesh(_render_mesh(geom, person, coarse))
+        r.set_textures(textures)
         for k, v in enumerate(views):
             name = str(k)
-            img, cl = _render_view(r, v.camera_mm, lighting, rng, opt.keep_clean)
+            img, cl = _render_view(r, v.camera_mm, lighting, rng, opt.keep_clean, 1.0)
             images[name] = img
             if cl is not None:
                 clean[name] = cl
             cam = rig.camera_to_capture_units(v.camera_mm, s, R, t)
             cams[name] = dataclasses.replace(cam, valid=k not in invalid)
             yp[name] = (v.yaw_deg, v.pitch_deg)
-            quality[name] = int(rng.integers(88, 96))
+            quality[name] = int(rng.integers(82, 97))
     finally:
         if own:
             r.release()
-    scan = Mesh(rig.to_capture_units(verts_mm, s, R, t), topo["scan_faces"], uvs)
+    scan_mm = Mesh(scan.vertices, scan.faces, scan.uvs)
     return SyntheticCapture(
-        fid=fid, cameras=cams, images=images, scan=scan, dpmap=dpmap,
-        landmarks3d=rig.to_capture_units(landmarks_mm, s, R, t), rt_scale=rig.rt_scale_entry(s, R, t),
-        yaw_pitch=yp, jpeg_quality=quality, cameras_mm={str(k): v.camera_mm for k, v in enumerate(views)},
-        landmarks_mm=landmarks_mm, clean=clean if opt.keep_clean else None,
+        fid=fid, cameras=cams, images=images,
+        scan=Mesh(rig.to_capture_units(scan.vertices, s, R, t), scan.faces, scan.uvs), region=scan.region,
+        dpmap=dpmap, landmarks3d=rig.to_capture_units(landmarks_mm, s, R, t), rt_scale=rig.rt_scale_entry(s, R, t),
+        yaw_pitch=yp, jpeg_quality=quality, expression_weights=ew,
+        cameras_mm={str(k): v.camera_mm for k, v in enumerate(views)}, landmarks_mm=landmarks_mm, scan_mm=scan_mm,
+        clean=clean if opt.keep_clean else None,
     )
 
 
@@ -222,6 +293,7 @@ def write_capture(raw: RawFolder, cap: SyntheticCapture) -> None:
     for v, img in cap.images.items():
         save_image(raw.image(cap.fid, v), img, jpeg_quality=cap.jpeg_quality[v])
     write_ply(raw.scan(cap.fid), cap.scan)
+    save_npy(raw.region(cap.fid), cap.region.astype(bool))
     save_npy(raw.meso_dpmap(cap.fid), cap.dpmap.astype(np.float32))
     save_npy(raw.landmarks3d(cap.fid), cap.landmarks3d.astype(np.float64))
     write_params(raw.params(cap.fid), cap.cameras)  # last: its presence marks the capture complete
@@ -242,4 +314,3 @@ def write_metadata(raw: RawFolder, select: dict, rt_scale: dict, ids: list[tuple
         "train": [face_id(p, e) for p, e in ids if p not in eval_pids],
         "eval": [face_id(p, e) for p, e in ids if p in eval_pids],
     })
-

@@ -1,11 +1,13 @@
 """Capture rig, lighting and capture frame of the synthetic data.
 
-Cameras are placed in the head frame (mm) on a dome around the face: yaw spread over about
-+-60 degrees, pitch over about +-20 degrees, each with its own focal length, principal point,
-image size (portrait or landscape) and, for some, lens distortion. A capture is then expressed in
-SfM-like units: ``X_units = (R_c X_mm + t_c) / mm_per_unit`` with a random rigid transform
-``(R_c, t_c)`` and a random scale ``mm_per_unit`` in [0.3, 3]. ``Rt_scale_dict`` stores
-``[mm_per_unit, Rt]`` with ``Rt`` the inverse transform, so that ``X_mm = mm_per_unit * (Rt[:, :3] X_units + Rt[:, 3])``
+Cameras are placed in the head frame (mm) around the face on one of several layouts
+(:data:`LAYOUTS`: a ring at eye height, two rows, a tilted arc, or scattered), 2 to 16 of them,
+yaw within +-70 degrees and pitch within +-25 degrees, each with its own distance (450-1100 mm),
+focal length, principal point, image size (portrait or landscape; 0.5-12 MP when sizes are mixed)
+and, for some, lens distortion. A capture is then expressed in SfM-like units:
+``X_units = (R_c X_mm + t_c) / mm_per_unit`` with a random rigid transform ``(R_c, t_c)`` and a
+random scale ``mm_per_unit`` in [0.3, 3]. ``Rt_scale_dict`` stores ``[mm_per_unit, Rt]`` with
+``Rt`` the inverse transform, so that ``X_mm = mm_per_unit * (Rt[:, :3] X_units + Rt[:, 3])``
 brings the capture back to the head frame.
 """
 
@@ -16,10 +18,12 @@ import dataclasses
 import numpy as np
 
 from mvfr.camera import Camera
-from mvfr.render import Lighting
 
-FACE_TARGET_MM = np.array([0.0, 0.0, 20.0])  # where the cameras look, head frame
-HEAD_FRAME_HEIGHT_MM = 300.0  # vertical extent framed by a camera (chin to hair plus margin)
+FACE_TARGET_MM = np.array([0.0, -5.0, 75.0])  # where the cameras look, head frame (ICT model: mid-face, behind the nose)
+HEAD_FRAME_HEIGHT_MM = 330.0  # vertical extent framed by a camera (chin to hair plus margin), at unit zoom
+LAYOUTS = ("ring", "two_rows", "arc", "scatter")
+MAX_YAW_DEG = 70.0
+MAX_PITCH_DEG = 25.0
 
 
 def look_at(center: np.ndarray, target: np.ndarray, up: np.ndarray = np.array([0.0, 1.0, 0.0]), roll: float = 0.0) -> np.ndarray:
@@ -54,13 +58,62 @@ class RigView:
     pitch_deg: float
 
 
-def view_angles(num_views: int) -> list[tuple[float, float]]:
-    """(yaw, pitch) in degrees of ``num_views`` cameras: yaw over [-60, 60], pitch cycling 0, +18, -15."""
-    if num_views < 1:
-        raise ValueError("num_views must be >= 1")
-    yaws = np.linspace(-60, 60, num_views) if num_views > 1 else np.zeros(1)
-    pitches = [0.0, 18.0, -15.0]
-    return [(float(y), pitches[k % 3]) for k, y in enumerate(yaws)]
+def view_angles(num_views: int, layout: str = "ring", rng: np.random.Generator | None = None) -> list[tuple[float, float]]:
+    """(yaw, pitch) in degrees of ``num_views`` cameras on ``layout`` (yaw in +-70, pitch in +-25).
+
+    ``ring``: one row near eye height; ``two_rows``: an upper and a lower row, staggered; ``arc``: a
+    row tilted so that pitch changes with yaw; ``scatter``: random directions with a minimum spacing.
+    The yaw span grows with the number of views (about +-20 deg for 2 views, up to +-70).
+    """
+    if not 1 <= num_views <= 32:
+        raise ValueError(f"num_views must be in 1..32, got {num_views}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown rig layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    rng = rng or np.random.default_rng(0)
+    span = min(MAX_YAW_DEG, 12.0 + 7.0 * num_views) * rng.uniform(0.85, 1.0)
+    if num_views == 1:
+        return [(0.0, 0.0)]
+    if layout == "ring":
+        yaws = np.linspace(-span, span, num_views)
+        pitches = rng.uniform(-4, 6) + rng.uniform(-3, 3, num_views)
+    elif layout == "two_rows":
+        yaws = np.linspace(-span, span, num_views)
+        up, down = rng.uniform(12, MAX_PITCH_DEG - 2), -rng.uniform(8, 20)
+        pitches = np.where(np.arange(num_views) % 2 == 0, up, down) + rng.uniform(-2, 2, num_views)
+    elif layout == "arc":
+        yaws = np.linspace(-span, span, num_views)
+        tilt = rng.uniform(-0.3, 0.3)
+        pitches = rng.uniform(-5, 10) + tilt * yaws + 6 * np.cos(np.deg2rad(yaws) * 1.5) + rng.uniform(-2, 2, num_views)
+    else:
+        out: list[tuple[float, float]] = []
+        spacing = 0.8 * span * 2 / num_views
+        for _ in range(2000):
+            y, p = rng.uniform(-span, span), rng.uniform(-MAX_PITCH_DEG, MAX_PITCH_DEG)
+            if all(np.hypot(y - a, (p - b) * 1.5) >= spacing for a, b in out):
+                out.append((y, p))
+                if len(out) == num_views:
+                    break
+        while len(out) < num_views:  # tight packing: fill in regardless of spacing
+            out.append((rng.uniform(-span, span), rng.uniform(-MAX_PITCH_DEG, MAX_PITCH_DEG)))
+        out.sort()
+        yaws, pitches = np.array([o[0] for o in out]), np.array([o[1] for o in out])
+    yaws = np.clip(yaws + rng.uniform(-2, 2, num_views), -MAX_YAW_DEG, MAX_YAW_DEG)
+    pitches = np.clip(pitches, -MAX_PITCH_DEG, MAX_PITCH_DEG)
+    return [(float(y), float(p)) for y, p in zip(yaws, pitches)]
+
+
+def image_size(long_side: int, portrait: bool, rng: np.random.Generator, mixed_sizes: bool) -> tuple[int, int]:
+    """(W, H) of one camera: 3:2 (or 4:3) at ``long_side`` with +-10 % jitter, or with ``mixed_sizes``
+    a size drawn log-uniformly between 0.5 and 12 megapixels."""
+    aspect = 1.5 if rng.uniform() < 0.8 else 4 / 3
+    if mixed_sizes:
+        mp = float(np.exp(rng.uniform(np.log(0.5e6), np.log(12e6))))
+        L = int(round(np.sqrt(mp * aspect)))
+    else:
+        L = int(round(long_side * rng.uniform(0.9, 1.1)))
+    L = max(L - L % 2, 16)
+    S = max(int(round(L / aspect)) // 2 * 2, 8)
+    return (S, L) if portrait else (L, S)
 
 
 def sample_rig(
@@ -68,22 +121,24 @@ def sample_rig(
     long_side: int,
     rng: np.random.Generator,
     distorted_fraction: float = 0.5,
+    layout: str | None = None,
+    mixed_sizes: bool = False,
 ) -> list[RigView]:
-    """Cameras of one capture in the head frame (mm)."""
+    """Cameras of one capture in the head frame (mm); ``layout`` None draws one of :data:`LAYOUTS`."""
+    layout = layout or str(rng.choice(LAYOUTS))
     views = []
-    for k, (yaw, pitch) in enumerate(view_angles(num_views)):
-        yaw += rng.uniform(-3, 3)
-        pitch += rng.uniform(-3, 3)
-        dist = rng.uniform(600, 800)
+    portrait_rig = rng.uniform() < 0.7
+    for yaw, pitch in view_angles(num_views, layout, rng):
+        dist = rng.uniform(450, 1100)
         ya, pa = np.deg2rad(yaw), np.deg2rad(pitch)
         direction = np.array([np.sin(ya) * np.cos(pa), np.sin(pa), np.cos(ya) * np.cos(pa)])
-        target = FACE_TARGET_MM + rng.normal(0, 8, 3)
+        target = FACE_TARGET_MM + rng.normal(0, 6, 3)
         center = target + dist * direction
-        Rt = look_at(center, target, roll=np.deg2rad(rng.uniform(-3, 3)))
-        portrait = rng.uniform() < 0.75
-        W, H = (round(long_side * 2 / 3), long_side) if portrait else (long_side, round(long_side * 2 / 3))
-        frame = min(W, H) if not portrait else H
-        f = frame * dist / HEAD_FRAME_HEIGHT_MM * rng.uniform(0.9, 1.1)
+        Rt = look_at(center, target, roll=np.deg2rad(rng.uniform(-4, 4)))
+        portrait = portrait_rig if rng.uniform() < 0.85 else not portrait_rig
+        W, H = image_size(long_side, portrait, rng, mixed_sizes)
+        frame_px = H if portrait else min(W, H) * 1.15
+        f = frame_px * dist / HEAD_FRAME_HEIGHT_MM * rng.uniform(0.85, 1.2)
         K = np.array([
             [f, 0.0, (W - 1) / 2 + rng.uniform(-0.02, 0.02) * W],
             [0.0, f * rng.uniform(0.998, 1.002), (H - 1) / 2 + rng.uniform(-0.02, 0.02) * H],
@@ -121,23 +176,40 @@ def rt_scale_entry(mm_per_unit: float, R: np.ndarray, t: np.ndarray) -> list:
     return [float(mm_per_unit), Rt.tolist()]
 
 
-def sample_lighting(rng: np.random.Generator) -> Lighting:
-    """One capture's lights (head frame): a key light, a fill light, a rim light, ambient; Lambert + specular."""
-    def direction(az, el):
-        a, e = np.deg2rad(az), np.deg2rad(el)
-        return np.array([np.sin(a) * np.cos(e), np.sin(e), np.cos(a) * np.cos(e)])
+def _direction(az: float, el: float) -> np.ndarray:
+    a, e = np.deg2rad(az), np.deg2rad(el)
+    return np.array([np.sin(a) * np.cos(e), np.sin(e), np.cos(a) * np.cos(e)])
+
+
+def sample_lighting(rng: np.random.Generator):
+    """One capture's lights (head frame), linear RGB: soft (several broad lights, strong ambient, as
+    a studio light-stage) or hard (one dominant key, weak fill), with a colour temperature."""
+    from mvfr.synthesis.head_render import HeadLighting
 
     side = rng.choice([-1.0, 1.0])
-    key = direction(side * rng.uniform(10, 50), rng.uniform(10, 45))
-    fill = direction(-side * rng.uniform(30, 70), rng.uniform(-10, 20))
-    rim = direction(side * rng.uniform(120, 160), rng.uniform(20, 50))
-    tint = 1 + rng.uniform(-0.05, 0.05, 3)
-    k = rng.uniform(0.75, 1.0)
-    colors = np.array([k * tint, rng.uniform(0.2, 0.4) * tint, rng.uniform(0.1, 0.3) * np.ones(3)])
-    amb = rng.uniform(0.12, 0.22)
-    return Lighting(
-        directions=np.stack([key, fill, rim]), colors=colors, ambient=(amb, amb, amb * rng.uniform(0.95, 1.08)),
-        wrap=rng.uniform(0.1, 0.3), spec_strength=rng.uniform(0.06, 0.16), shininess=rng.uniform(18, 45),
+    warm = rng.uniform(-1, 1)  # colour temperature: -1 cool .. +1 warm
+    base = np.array([1.0 + 0.08 * warm, 1.0, 1.0 - 0.12 * warm])
+    soft = rng.uniform() < 0.5
+    if soft:
+        n = int(rng.integers(3, 7))
+        dirs = [_direction(rng.uniform(-80, 80), rng.uniform(-10, 50)) for _ in range(n)]
+        power = rng.uniform(0.5, 1.0, n)
+        colors = [p * base * (1 + rng.uniform(-0.04, 0.04, 3)) * 1.3 / n for p in power]
+        sky = rng.uniform(0.25, 0.4)
+        wrap = rng.uniform(0.3, 0.5)
+    else:
+        dirs = [_direction(side * rng.uniform(15, 60), rng.uniform(10, 50)),
+                _direction(-side * rng.uniform(30, 80), rng.uniform(-10, 25))]
+        colors = [rng.uniform(0.9, 1.2) * base, rng.uniform(0.08, 0.25) * base]
+        if rng.uniform() < 0.5:  # rim light
+            dirs.append(_direction(side * rng.uniform(110, 160), rng.uniform(20, 50)))
+            colors.append(rng.uniform(0.2, 0.5) * np.ones(3))
+        sky = rng.uniform(0.06, 0.15)
+        wrap = rng.uniform(0.15, 0.35)
+    return HeadLighting(
+        directions=np.stack(dirs), colors=np.stack(colors),
+        sky=tuple(sky * base), ground=tuple(sky * 0.35 * np.array([1.0, 0.95, 0.9])), wrap=float(wrap),
+        spec_gain=float(rng.uniform(0.6, 1.2)),
     )
 
 
