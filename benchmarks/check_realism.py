@@ -1,11 +1,11 @@
 """Realism check of the synthetic data: does the project's landmark detector see the faces, and where?
 
-    python benchmarks/check_realism.py [--seed 2024] [--num_ids 4] [--num_exps 3] [--figure docs/synthetic_landmarks.jpg]
+    python benchmarks/check_realism.py [--seed 2024] [--num_ids 10] [--num_exps 2] [--figure docs/synthetic_landmarks.jpg]
 
 Generates a fresh dataset (10 views, 1296 px), preprocesses it, runs the MediaPipe FaceLandmarker
 (:class:`mvfr.landmarks.FaceLandmarkDetector`) on every valid processed view and compares its 468
-landmarks with the ground-truth 3D landmarks projected by the processed cameras. Targets: detection
-in >= 95% of views with |yaw| <= 45 deg; median landmark error <= 3% of the inter-ocular distance
+landmarks with the ground-truth 3D landmarks projected by the processed cameras. Targets (issue [I]):
+detection in >= 98% of views with |yaw| <= 45 deg; median landmark error <= 2% of the inter-ocular distance
 (outer eye corners, in the image). Prints a RESULT line; writes a figure of two views with the
 detected (green) and ground-truth (red) landmarks.
 """
@@ -50,8 +50,8 @@ def draw(img: np.ndarray, det: np.ndarray | None, gt: np.ndarray) -> np.ndarray:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seed", type=int, default=2024)
-    p.add_argument("--num_ids", type=int, default=4)
-    p.add_argument("--num_exps", type=int, default=3)
+    p.add_argument("--num_ids", type=int, default=10)
+    p.add_argument("--num_exps", type=int, default=2)
     p.add_argument("--num_views", type=int, default=10)
     p.add_argument("--image_long_side", type=int, default=1296)
     p.add_argument("--max_yaw", type=float, default=45.0)
@@ -116,7 +116,7 @@ def main() -> None:
         fig = cv2.resize(fig, (round(fig.shape[1] * scale), 900), interpolation=cv2.INTER_AREA)
         save_image(a.figure, fig)
         print(f"figure: {a.figure} ({', '.join(e[0] for e in examples)})")
-    ok = rate >= 0.95 and med <= 0.03
+    ok = rate >= 0.98 and med <= 0.02
     print(f"RESULT check_realism seed={a.seed} faces={len(ids)} views_yaw<={a.max_yaw:g}={len(near)} "
           f"detection_rate={rate:.3f} median_err_iod={med:.4f} all_views={len(rows)} detection_rate_all={rate_all:.3f} "
           f"median_err_iod_all={float(np.median(errs_all)) if errs_all else float('nan'):.4f} {'PASS' if ok else 'FAIL'}")

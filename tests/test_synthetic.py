@@ -1,19 +1,17 @@
-"""gen_synthetic.py and mvfr.synthesis: layout, determinism, ground truth, geometry, rig."""
+"""gen_synthetic.py and mvfr.synthesis (v2, ICT Face Model): loader, expressions, correspondence, ground truth, rig."""
 
 import json
-import time
 
 import numpy as np
 import pytest
 
 from mvfr.camera import read_params
-from mvfr.datafolder import RawFolder
+from mvfr.datafolder import EXPRESSION_NAMES, RawFolder
 from mvfr.mesh_io import read_ply
-from mvfr.synthesis import capture, shape
-from mvfr.template import load_template
+from mvfr.synthesis import capture, correspondence, expressions, head, ict, rig
 
-TINY = ["--num_ids", "2", "--num_exps", "1", "--num_views", "4", "--image_long_side", "256", "--seed", "3",
-        "--dpmap_size", "256", "--albedo_size", "256"]
+TINY = ["--num_ids", "2", "--num_exps", "1", "--num_views", "3", "--image_long_side", "256", "--seed", "3",
+        "--dpmap_size", "128", "--albedo_size", "256"]
 
 
 @pytest.fixture(scope="module")
@@ -21,114 +19,225 @@ def tiny_raw(tmp_path_factory):
     import gen_synthetic
 
     out = tmp_path_factory.mktemp("raw")
-    t0 = time.perf_counter()
     assert gen_synthetic.main(["--out", str(out)] + TINY) == 0
-    elapsed = time.perf_counter() - t0
-    return RawFolder(out), elapsed
+    return RawFolder(out)
 
 
-def test_tiny_dataset_layout_and_time(tiny_raw):
-    raw, elapsed = tiny_raw
-    assert elapsed < 30.0, f"tiny dataset took {elapsed:.1f} s"
+@pytest.fixture(scope="module")
+def model():
+    return ict.load_model()
+
+
+# ---------------------------------------------------------------------------------- ICT loader
+def test_one_hot_identity_reproduces_that_mode(model):
+    raw = np.load(ict.ICT_NPZ)
+    for k in (0, 37, 99):
+        w = np.zeros(100)
+        w[k] = 1.0
+        expect = (raw["neutral"].astype(np.float64) + raw["identity"][k]) * 10.0  # cm -> mm
+        assert np.abs(model.head(w) - expect).max() < 1e-4
+    e = np.zeros(53)
+    e[model.expression_index("jawOpen")] = 1.0
+    expect = (raw["neutral"].astype(np.float64) + raw["expression"][model.expression_index("jawOpen")]) * 10.0
+    assert np.abs(model.head(None, e) - expect).max() < 1e-4
+    with pytest.raises(ValueError, match="shape"):
+        model.head(np.zeros(7))
+
+
+def test_triangulation_keeps_quads_and_winding(model):
+    quads = np.array([[0, 1, 2, 3], [4, 5, 6, -1]])
+    tris, src = ict.triangulate_quads(quads)
+    assert tris.tolist() == [[0, 1, 2], [0, 2, 3], [4, 5, 6]] and src.tolist() == [0, 0, 1]
+    n_quads = int((model.quads[:, 3] >= 0).sum())
+    assert len(model.faces) == len(model.quads) + n_quads
+    # the face area's normals point out of the face (towards +z at the nose tip)
+    v = model.head()
+    n = head.fast_vertex_normals(v, model.faces[model.part_faces("face")])
+    assert n[model.landmarks68[30], 2] > 0.8
+
+
+def test_identity_sampling_deterministic_and_varied(model):
+    a = ict.sample_identity_weights(np.random.default_rng(1))
+    b = ict.sample_identity_weights(np.random.default_rng(1))
+    c = ict.sample_identity_weights(np.random.default_rng(2))
+    assert np.array_equal(a, b) and not np.allclose(a, c)
+    d = np.linalg.norm(model.head(a) - model.head(c), axis=1)[:9409]
+    assert np.sqrt((d**2).mean()) > 2.0  # mm: two people differ by millimetres over the face
+
+
+# ------------------------------------------------------------------------------------ expressions
+def test_every_facescape_expression_maps_to_shapes(model):
+    assert set(expressions.EXPRESSION_MAP) == set(EXPRESSION_NAMES)
+    for name in EXPRESSION_NAMES:
+        w = expressions.expression_weights(name, model.expression_names)
+        assert w.shape == (53,) and w.min() >= 0 and w.max() <= 1
+        assert (w.sum() == 0) == (name == "neutral")
+    assert len({tuple(expressions.expression_weights(n, model.expression_names)) for n in EXPRESSION_NAMES}) == 20
+    with pytest.raises(KeyError, match="unknown FaceScape expression"):
+        expressions.expression_weights("yawn", model.expression_names)
+
+
+def test_expressions_move_the_face_as_named(model):
+    lm = model.landmarks68
+    v0 = model.head()
+
+    def face(name):
+        return model.head(None, expressions.expression_weights(name, model.expression_names))
+
+    smile, stretch, closed, brows = face("smile"), face("mouth_stretch"), face("eye_closed"), face("brow_raiser")
+    assert smile[lm[48], 1] - v0[lm[48], 1] > 2.0  # mouth corners rise (mm)
+    assert v0[lm[8], 1] - stretch[lm[8], 1] > 10.0  # the chin drops: open mouth
+    gap0 = v0[lm[37], 1] - v0[lm[41], 1]
+    assert closed[lm[37], 1] - closed[lm[41], 1] < 0.3 * gap0  # upper and lower lid meet
+    assert brows[lm[19], 1] - v0[lm[19], 1] > 3.0  # brows go up
+    for name in expressions.OPEN_MOUTH:
+        w = expressions.expression_weights(name, model.expression_names)
+        assert w[model.expression_index("jawOpen")] >= 0.25
+
+
+# -------------------------------------------------------------------------------- correspondence
+def test_correspondence_lands_where_the_landmarks_are(model):
+    tri, bary = correspondence.load_correspondence()
+    assert tri.shape == (468,) and bary.shape == (468, 3)
+    assert np.allclose(bary.sum(1), 1) and bary.min() >= 0
+    assert model.part_faces("face")[tri].all()
+    v = model.head()
+    p = correspondence.surface_points(v, tri, bary)
+    lm = model.landmarks68
+    # MediaPipe 1 (nose tip), 33 / 263 (outer eye corners), 61 / 291 (mouth corners), 152 (chin)
+    for mp, ibug, tol in ((1, 30, 6.0), (33, 36, 5.0), (263, 45, 5.0), (61, 48, 5.0), (291, 54, 5.0), (152, 8, 8.0)):
+        assert np.linalg.norm(p[mp] - v[lm[ibug]]) < tol, (mp, ibug, np.linalg.norm(p[mp] - v[lm[ibug]]))
+
+
+def test_landmarks_lie_on_the_scan_surface(model):
+    import igl
+
+    rng = np.random.default_rng(0)
+    coarse = model.head(ict.sample_identity_weights(rng), expressions.expression_weights("smile", model.expression_names))
+
+    def bumps(uv):
+        return 0.3 * np.sin(uv[:, 0] * 400) * np.cos(uv[:, 1] * 300)
+
+    scan = head.build_scan(coarse, bumps)
+    lm = correspondence.landmarks_on_scan(scan)
+    d, _, _ = igl.point_mesh_squared_distance(lm, scan.vertices, scan.faces)
+    assert np.sqrt(d).max() < 1e-6
+    # and they follow the detail: without it the landmarks move by the bumps' size, not more
+    lm0 = correspondence.landmarks_on_scan(head.build_scan(coarse, None))
+    shift = np.linalg.norm(lm - lm0, axis=1)
+    assert 0.01 < shift.max() < 0.35
+
+
+def test_template_dpmap_follows_the_face_tile(model):
+    size = 64
+    uv, cov = correspondence.template_to_ict_uv(size)
+    assert cov.mean() > 0.3 and (uv[cov] >= 0).all() and (uv[cov] <= 1).all()
+    h = np.zeros((256, 256), np.float32)
+    h[:, 128:] = 1.0  # the subject's left half of the face tile (u > 0.5) is raised by 1 mm
+    dp = correspondence.template_dpmap(h, size)
+    assert dp.shape == (size, size) and dp.dtype == np.float32
+    assert np.all(dp[~cov] == 0)
+    left = cov & (uv[..., 0] > 0.55)
+    right = cov & (uv[..., 0] < 0.45)
+    assert dp[left].mean() > 0.95 and dp[right].mean() < 0.05
+
+
+# ------------------------------------------------------------------------------------------- rig
+@pytest.mark.parametrize("layout", rig.LAYOUTS)
+def test_rig_layouts_stay_in_range(layout):
+    for n in (2, 3, 6, 10, 16):
+        views = rig.sample_rig(n, 640, np.random.default_rng(n), layout=layout)
+        assert len(views) == n
+        for v in views:
+            assert abs(v.yaw_deg) <= rig.MAX_YAW_DEG and abs(v.pitch_deg) <= rig.MAX_PITCH_DEG
+            c = v.camera_mm
+            z = c.Rt[:, :3] @ rig.FACE_TARGET_MM + c.Rt[:, 3]
+            assert 400 < z[2] < 1200  # mm in front of the camera
+    yaws = sorted(v.yaw_deg for v in rig.sample_rig(10, 640, np.random.default_rng(0), layout=layout))
+    assert yaws[-1] - yaws[0] > 60  # ten views spread around the face
+
+
+def test_mixed_image_sizes_span_the_range():
+    rng = np.random.default_rng(0)
+    mp = [np.prod(rig.image_size(1296, bool(k % 2), rng, True)) / 1e6 for k in range(400)]
+    assert 0.45 < min(mp) < 1.0 and 8 < max(mp) < 12.5
+    W, H = rig.image_size(1296, True, rng, False)
+    assert H > W and 1150 < H < 1440
+
+
+# ----------------------------------------------------------------------------------- the dataset
+def test_tiny_dataset_layout(tiny_raw):
+    raw = tiny_raw
     ids = json.loads(raw.id_json.read_text())
     assert ids == {"train": ["001_01"], "eval": ["002_01"]}
     sel = json.loads(raw.select_dict_json.read_text())
     rts = json.loads(raw.rt_scale_json.read_text())
     for fid, (p, e) in (("001_01", ("1", "1")), ("002_01", ("2", "1"))):
         assert raw.capture_dir(fid).name == "1_neutral"
-        assert sorted(sel[p][e]) == [0, 1, 2, 3]
+        assert sorted(sel[p][e]) == [0, 1, 2]
         s, Rt = rts[p][e]
         assert 0.3 <= s <= 3.0 and np.asarray(Rt).shape == (3, 4)
         cams = read_params(raw.params(fid))
-        assert sorted(cams) == ["0", "1", "2", "3"]
+        assert sorted(cams) == ["0", "1", "2"]
         assert sum(not c.valid for c in cams.values()) == 1
         for v, c in cams.items():
             assert raw.image(fid, v).is_file()
-            assert max(c.width, c.height) == 256
-        assert raw.scan(fid).is_file() and raw.meso_dpmap(fid).is_file() and raw.landmarks3d(fid).is_file()
+            assert 220 <= max(c.width, c.height) <= 290
         dp = np.load(raw.meso_dpmap(fid))
-        assert dp.dtype == np.float32 and dp.shape == (256, 256)
+        assert dp.dtype == np.float32 and dp.shape == (128, 128)
         assert np.load(raw.landmarks3d(fid)).shape == (468, 3)
+        scan = read_ply(raw.scan(fid))
+        region = np.load(raw.region(fid))
+        assert region.dtype == bool and region.shape == (len(scan.vertices),)
+        assert 100_000 < region.sum() < len(region)
 
 
-def test_scan_carries_template_uvs_and_landmarks(tiny_raw):
-    raw, _ = tiny_raw
-    fid = "001_01"
-    scan = read_ply(raw.scan(fid))
-    uv = scan.vertex_uvs()
-    face = (uv >= 0).all(1)
-    assert face.sum() >= 100_000, "the face must have at least 100k vertices"
-    assert np.allclose(uv[~face], -1.0)
-    assert (uv[face] <= 1).all()
-    # landmark i is the scan vertex with template uv i
-    lm = np.load(raw.landmarks3d(fid))
-    tuv = load_template().uvs
-    from scipy.spatial import cKDTree
-
-    d, k = cKDTree(uv).query(tuv)
-    assert d.max() < 1e-5
-    assert np.abs(scan.vertices[k] - lm).max() < 1e-4 * np.abs(lm).max()
+def test_region_is_the_face_without_eyeballs_and_mouth(tiny_raw, model):
+    raw = tiny_raw
+    scan = read_ply(raw.scan("001_01"))
+    region = np.load(raw.region("001_01"))
+    rts = json.loads(raw.rt_scale_json.read_text())
+    s, Rt = rts["1"]["1"]
+    Rt = np.asarray(Rt)
+    v_mm = s * (scan.vertices @ Rt[:, :3].T + Rt[:, 3])  # back to the head frame
+    lm = s * (np.load(raw.landmarks3d("001_01")) @ Rt[:, :3].T + Rt[:, 3])
+    # the region reaches the eyelids and lips but no eyeball, tooth or tongue vertex
+    skin_n = head.part_subdivision(head.SKIN_PARTS, head.SCAN_LEVEL).S.shape[0]
+    assert not region[skin_n:].any()
+    near_nose = np.linalg.norm(v_mm - lm[1], axis=1) < 10
+    assert region[near_nose].all()
 
 
-def test_rt_scale_maps_capture_back_to_head_frame(tiny_raw):
-    raw, _ = tiny_raw
+def test_rt_scale_maps_capture_back_to_head_frame(tiny_raw, model):
+    raw = tiny_raw
     rts = json.loads(raw.rt_scale_json.read_text())
     s, Rt = rts["2"]["1"]
     Rt = np.asarray(Rt)
     lm_mm = s * (np.load(raw.landmarks3d("002_01")) @ Rt[:, :3].T + Rt[:, 3])
-    T = shape.template_mm()
-    # same frame as the template: facial proportions vary by centimetres at most, not by the random rigid motion
-    assert np.median(np.linalg.norm(lm_mm - T, axis=1)) < 15.0
-    assert np.linalg.norm(lm_mm[1] - T[1]) < 20.0  # nose tip
+    tri, bary = correspondence.load_correspondence()
+    mean = correspondence.surface_points(model.head(), tri, bary)
+    # same frame as the model: identities vary by millimetres, not by the random rigid motion
+    assert np.median(np.linalg.norm(lm_mm - mean, axis=1)) < 12.0
 
 
 def test_deterministic_and_seed_dependent():
-    opt = capture.SynthOptions(num_views=2, image_long_side=96, dpmap_size=128, albedo_size=128, seed=5)
+    opt = capture.SynthOptions(num_views=2, image_long_side=96, dpmap_size=32, albedo_size=128, seed=5)
     a = capture.synthesize_capture(1, 2, opt)
     b = capture.synthesize_capture(1, 2, opt)
     assert np.array_equal(a.scan.vertices, b.scan.vertices)
     assert all(np.array_equal(a.images[v], b.images[v]) for v in a.images)
-    assert a.rt_scale == b.rt_scale
-    c = capture.synthesize_capture(1, 2, capture.SynthOptions(num_views=2, image_long_side=96, dpmap_size=128, albedo_size=128, seed=6))
+    assert a.rt_scale == b.rt_scale and np.array_equal(a.dpmap, b.dpmap)
+    c = capture.synthesize_capture(1, 2, capture.SynthOptions(num_views=2, image_long_side=96, dpmap_size=32, albedo_size=128, seed=6))
     assert not np.allclose(a.landmarks_mm, c.landmarks_mm)
+    plan = capture.capture_plan(1, 2, opt)
+    assert plan.rt_scale == a.rt_scale and plan.select_views() == capture.select_views(a)
 
 
-def test_identities_and_expressions_differ():
-    rng = np.random.default_rng(0)
-    a, b = shape.sample_identity(1, rng), shape.sample_identity(2, rng)
-    T = shape.template_mm()
-    fa, fb = T + a.face_offsets, T + b.face_offsets
-    assert np.sqrt(((fa * a.scale - fb * b.scale) ** 2).sum(1).mean()) > 2.0  # mm
-    smile = shape.expression_offsets("smile", fa)
-    stretch = shape.expression_offsets("mouth_stretch", fa)
-    assert np.linalg.norm(smile[61]) > 3.0  # mouth corner moves
-    assert stretch[152, 1] < -10.0  # the chin drops when the mouth opens
-    assert np.abs(shape.expression_offsets("neutral", fa)).max() == 0
+def test_bad_arguments_are_errors():
+    import gen_synthetic
 
-
-def test_closed_head_mesh():
-    import trimesh
-
-    faces, n = shape.head_topology()
-    ident = shape.sample_identity(3, np.random.default_rng(1))
-    g = shape.build_face(ident, "neutral", levels=1)
-    tm = trimesh.Trimesh(g.coarse, faces, process=False)
-    assert tm.is_watertight and tm.is_winding_consistent and tm.volume > 2e6  # mm^3: a head, outward normals
-
-
-def test_detail_map_amplitudes():
-    from mvfr.synthesis import detail
-
-    m = detail.detail_map(512, 0.8, "smile", np.random.default_rng(0))
-    reg = detail.face_regions(512)
-    assert 0.05 < np.abs(m).max() < 0.8  # mm
-    assert np.abs(m[~reg["cover"]]).max() < 1e-6  # zero outside the face
-    pores = m[(reg["inside"] > 0.99)]
-    assert 0.005 < np.median(np.abs(pores)) < 0.1
-
-
-def test_unknown_expression_is_an_error():
-    with pytest.raises(ValueError, match="unknown expression"):
-        shape.expression_offsets("yawn", shape.template_mm())
     with pytest.raises(ValueError, match="outside"):
-        capture.synthesize_capture(1, 21, capture.SynthOptions(num_views=1, image_long_side=64))
+        capture.synthesize_capture(1, 21, capture.SynthOptions(num_views=2, image_long_side=64))
+    with pytest.raises(ValueError, match="layout"):
+        rig.view_angles(4, "helix")
+    assert gen_synthetic.main(["--out", "unused", "--num_views", "1"]) == 2

@@ -228,24 +228,28 @@ def capture_plan(pid: int, eid: int, opt: SynthOptions) -> CapturePlan:
     return CapturePlan(ew, views, lighting, transform, invalid, rng)
 
 
-def synthesize_capture(pid: int, eid: int, opt: SynthOptions, renderer: HeadRenderer | None = None) -> SyntheticCapture:
-    """Everything of face ``PPP_EE`` in memory (deterministic for ``opt.seed``, pid, eid)."""
+def face_detail(pid: int, eid: int, opt: SynthOptions) -> tuple[Person, CapturePlan, np.ndarray, np.ndarray]:
+    """The person, plan, coarse ICT vertices ``[V, 3]`` mm and the face-tile detail map ``h [S, S]`` mm of ``PPP_EE``."""
     plan = capture_plan(pid, eid, opt)  # validates eid
     m = ict.load_model()
-    fid = face_id(pid, eid)
     person = _person(opt.seed, pid, opt.albedo_size, float(opt.identity_scale))
-    ew, rng = plan.expression_weights, plan.rng
-    coarse = m.head(person.identity_weights, ew)
+    coarse = m.head(person.identity_weights, plan.expression_weights)
+    h = meso.displacement_map(person.layout, m, plan.expression_weights, opt.albedo_size,
+                              np.random.default_rng([opt.seed, pid, eid, 22]))
+    return person, plan, coarse, (h * opt.detail_gain).astype(np.float32)
 
-    # mesoscopic detail (face tile, mm) and the geometry carrying it
-    h = meso.displacement_map(person.layout, m, ew, opt.albedo_size, np.random.default_rng([opt.seed, pid, eid, 22]))
-    h = (h * opt.detail_gain).astype(np.float32)
+
+def synthesize_capture(pid: int, eid: int, opt: SynthOptions, renderer: HeadRenderer | None = None) -> SyntheticCapture:
+    """Everything of face ``PPP_EE`` in memory (deterministic for ``opt.seed``, pid, eid)."""
+    m = ict.load_model()
+    fid = face_id(pid, eid)
+    person, plan, coarse, h = face_detail(pid, eid, opt)
+    ew, rng = plan.expression_weights, plan.rng
 
     def height(uv):
         return meso.sample_at(h, uv)
 
-    chin_y = float(coarse[m.landmarks68[8], 1])
-    scan = head.build_scan(coarse, height, chin_y=chin_y)
+    scan = head.build_scan(coarse, height, chin_y=float(coarse[m.landmarks68[8], 1]))
     geom = head.build_render(coarse, height)
     tex = person.textures
     albedo = skin.cavity_shade(tex["face_albedo"], h, 1.0)
