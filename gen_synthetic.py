@@ -20,32 +20,51 @@ from mvfr.synthesis.capture import SynthOptions, capture_plan, synthesize_captur
 from options import parse_options
 
 
+def _v1_capture(pid: int, eid: int, opt):
+    """The frozen first synthesiser (``--world v1``): its capture and the metadata entries."""
+    from mvfr.synthesis.v1 import capture as v1
+
+    sopt = v1.SynthOptions(num_views=opt.num_views, image_long_side=opt.image_long_side, num_invalid_views=opt.num_invalid_views,
+                           distorted_fraction=opt.distorted_fraction, dpmap_size=opt.dpmap_size,
+                           albedo_size=opt.albedo_size or 1024, seed=opt.seed)
+    cap = v1.synthesize_capture(pid, eid, sopt)
+    return cap, v1.write_capture, v1.select_views(cap), cap.rt_scale
+
+
 def main(argv=None) -> int:
     opt = parse_options("gen_synthetic", argv)
     setup_logging()
     raw = RawFolder(opt.out)
-    sopt = SynthOptions(
-        num_views=opt.num_views, image_long_side=opt.image_long_side, num_invalid_views=opt.num_invalid_views,
-        distorted_fraction=opt.distorted_fraction, dpmap_size=opt.dpmap_size, albedo_size=opt.albedo_size, seed=opt.seed,
-        layout=opt.layout, mixed_sizes=opt.mixed_sizes, identity_scale=opt.identity_scale, detail_gain=opt.detail_gain,
-    )
     if not 2 <= opt.num_views <= 16:
         print(f"gen_synthetic.py: --num_views must be between 2 and 16, got {opt.num_views}", file=sys.stderr)
         return 2
+    sopt = SynthOptions(
+        num_views=opt.num_views, image_long_side=opt.image_long_side, num_invalid_views=opt.num_invalid_views,
+        distorted_fraction=opt.distorted_fraction, dpmap_size=opt.dpmap_size, albedo_size=opt.albedo_size or 2048,
+        seed=opt.seed, layout=opt.layout, mixed_sizes=opt.mixed_sizes, identity_scale=opt.identity_scale,
+        detail_gain=opt.detail_gain, scan_level=opt.scan_level,
+    )
     pids = list(range(opt.first_id, opt.first_id + opt.num_ids))
     ids = [(p, e) for p in pids for e in range(1, opt.num_exps + 1)]
     select, rt_scale = {}, {}
     for pid, eid in tqdm(ids, desc="gen_synthetic", unit="face", file=sys.stderr):
-        if opt.overwrite or not raw.params(face_id(pid, eid)).is_file():
-            write_capture(raw, synthesize_capture(pid, eid, sopt))
-        plan = capture_plan(pid, eid, sopt)  # the metadata, without rendering an existing capture again
-        select.setdefault(str(pid), {})[str(eid)] = plan.select_views()
-        rt_scale.setdefault(str(pid), {})[str(eid)] = plan.rt_scale
+        exists = raw.params(face_id(pid, eid)).is_file() and not opt.overwrite
+        if opt.world == "v1":
+            cap, write, sel, rts = _v1_capture(pid, eid, opt)
+            if not exists:
+                write(raw, cap)
+        else:
+            if not exists:
+                write_capture(raw, synthesize_capture(pid, eid, sopt))
+            plan = capture_plan(pid, eid, sopt)  # the metadata, without rendering an existing capture again
+            sel, rts = plan.select_views(), plan.rt_scale
+        select.setdefault(str(pid), {})[str(eid)] = sel
+        rt_scale.setdefault(str(pid), {})[str(eid)] = rts
     eval_pids = set(pids[len(pids) - min(opt.num_eval_ids, len(pids)):]) if opt.num_eval_ids > 0 else set()
     write_metadata(raw, select, rt_scale, ids, eval_pids)
-    print(f"wrote {len(ids)} captures ({opt.num_ids} identities x {opt.num_exps} expressions, {opt.num_views} views) to {raw.root}")
+    print(f"wrote {len(ids)} captures ({opt.num_ids} identities x {opt.num_exps} expressions, {opt.num_views} views, "
+          f"synthesiser {opt.world}) to {raw.root}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -121,14 +121,20 @@ def add_synthetic_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num_invalid_views", type=int, default=1, help="views per capture marked '<v>_valid': false")
     g.add_argument("--distorted_fraction", type=float, default=0.5, help="fraction of cameras with lens distortion applied to the image")
     g.add_argument("--dpmap_size", type=int, default=1024, help="side of the ground-truth mesoscopic displacement map, in texels")
-    g.add_argument("--albedo_size", type=int, default=2048,
-                   help="side of the per-person face-tile albedo and detail maps used for rendering, in texels (0.14 mm per texel at 2048)")
+    g.add_argument("--albedo_size", type=int, default=None,
+                   help="side of the per-person face-tile albedo and detail maps used for rendering, in texels "
+                        "(default 2048: 0.14 mm per texel; v1: 1024, its template-UV albedo)")
+    g.add_argument("--world", type=str, default="v2", choices=("v2", "v1"),
+                   help="v2: ICT Face Model heads (the default); v1: the first synthesiser, kept only to reproduce "
+                        "the data of the shipped checkpoints")
     g.add_argument("--layout", type=str, default=None, choices=("ring", "two_rows", "arc", "scatter"),
                    help="camera layout of every capture (default: drawn per capture)")
     g.add_argument("--mixed_sizes", action="store_true",
                    help="draw each camera's image size between 0.5 and 12 megapixels instead of --image_long_side +-10%%")
     g.add_argument("--identity_scale", type=float, default=1.0, help="std of the ICT identity weights (1: the model's own prior)")
     g.add_argument("--detail_gain", type=float, default=1.0, help="scale of the mesoscopic detail (0: none), unitless")
+    g.add_argument("--scan_level", type=int, default=3, choices=(1, 2, 3),
+                   help="Loop levels of the ground-truth scan's skin (3: edges of about 0.37 mm on the face; 2: 0.73 mm, quicker)")
     g.add_argument("--overwrite", action="store_true", help="regenerate captures whose params.json already exists")
 
 

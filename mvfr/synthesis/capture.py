@@ -48,6 +48,7 @@ class SynthOptions:
     mixed_sizes: bool = False  # image sizes drawn per camera between 0.5 and 12 MP
     identity_scale: float = 1.0  # std of the identity weights
     detail_gain: float = 1.0  # scales the mesoscopic detail (0: none)
+    scan_level: int = head.SCAN_LEVEL  # Loop levels of the scan's skin (2 is quicker, for tests)
 
 
 @dataclasses.dataclass
@@ -249,12 +250,12 @@ def synthesize_capture(pid: int, eid: int, opt: SynthOptions, renderer: HeadRend
     def height(uv):
         return meso.sample_at(h, uv)
 
-    scan = head.build_scan(coarse, height, chin_y=float(coarse[m.landmarks68[8], 1]))
+    scan = head.build_scan(coarse, height, chin_y=float(coarse[m.landmarks68[8], 1]), level=opt.scan_level)
     geom = head.build_render(coarse, height)
     tex = person.textures
     albedo = skin.cavity_shade(tex["face_albedo"], h, 1.0)
     textures = HeadTextures(albedo, tex["face_spec"], height_gradient(h), tex["head_albedo"], tex["head_spec"])
-    landmarks_mm = correspondence.landmarks_on_scan(scan)
+    landmarks_mm = correspondence.landmarks_on_scan(scan, opt.scan_level)
     dpmap = correspondence.template_dpmap(h, opt.dpmap_size)
 
     views, lighting, (s, R, t), invalid = plan.views, plan.lighting, plan.transform, plan.invalid

@@ -138,16 +138,17 @@ def _displace(ps: PartSubdivision, coarse: np.ndarray, height_fn) -> tuple[np.nd
     return P, n, fuv, has
 
 
-def build_scan(coarse: np.ndarray, height_fn=None, chin_y: float | None = None) -> ScanGeometry:
+def build_scan(coarse: np.ndarray, height_fn=None, chin_y: float | None = None, level: int = SCAN_LEVEL) -> ScanGeometry:
     """The ground-truth scan of a head with coarse ICT vertices ``coarse [V, 3]`` mm.
 
     ``height_fn(uv [K, 2]) -> [K]`` mm gives the detail at face-tile uvs (None: no detail).
     ``chin_y``: y (mm) of the chin; face-area vertices more than
     :data:`REGION_EXCLUDE_BELOW_CHIN_MM` below it (the neck) are left out of the region.
+    ``level``: Loop levels of the skin (3: edges of about 0.37 mm on the face; 2 for quick tests).
     """
     m = ict.load_model()
-    skin = part_subdivision(SKIN_PARTS, SCAN_LEVEL)
-    P, n, _, has = _displace(skin, coarse, height_fn)
+    skin = part_subdivision(SKIN_PARTS, level)
+    P, n, _, _ = _displace(skin, coarse, height_fn)
     verts, faces, uvs, region, normals = [P], [skin.faces], [], [], [n]
     uvs.append(skin.vertex_uvs)
     on_face = np.zeros(len(P), dtype=bool)
