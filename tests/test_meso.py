@@ -169,7 +169,7 @@ def test_wrinkle_cross_section_has_shoulders_and_tapered_ends(model, identities)
         base, uv=uv, sigma_uv=sigma_uv, depth_mm=(-0.5 * taper).astype(np.float32),
         ds_uv=np.full(n, u[1] - u[0], np.float32),
         family=np.zeros(n, np.int16), side=np.zeros(n, np.float32), fade=np.ones_like(base.fade),
-        relief=np.zeros_like(base.relief))
+        relief={k: np.zeros_like(a) for k, a in base.relief.items()})
     h = meso.displacement_map(lay, model, np.zeros(len(model.expression_names)), SIZE)
     col = int(0.35 * SIZE)
     row = int(round((1 - 0.45) * SIZE - 0.5))

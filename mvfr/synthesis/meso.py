@@ -39,7 +39,8 @@ import functools
 import numpy as np
 
 LAYOUT_SIZE = 512  # resolution of the per-identity position map the layout is drawn on
-RELIEF_SIZE = 2048  # resolution of the stored skin-relief raster (about 0.14 mm per texel)
+RELIEF_SIZE = 2048  # resolution of the stored microrelief noise (about 0.14 mm per texel)
+COARSE_SIZE = 1024  # resolution of the stored coarse relief (cells, undulation)
 FADE_MM = (0.7, 3.0)  # detail is 0 within FADE_MM[0] of the tile boundary, full from FADE_MM[0] + FADE_MM[1]
 SHOULDER = 0.35  # weight of the broader (2.24 sigma) blur subtracted from a valley: its raised shoulders
 
@@ -70,7 +71,7 @@ class DetailLayout:
     fraction of a family's depth present in a neutral face. ``fade`` / ``regions`` are
     ``[LAYOUT_SIZE, LAYOUT_SIZE]`` float32 fields (boundary fade; ``facial_area``: inside the jaw outline,
     landmarks 0-16, closed 40 mm above the brows; ``forehead``: its part 8 mm above the brows);
-    ``relief`` the static skin relief (microrelief furrow network, mesoscale undulation) as a raster.
+    ``relief`` the static skin relief (microrelief furrow network, mesoscale undulation), see :func:`_skin_relief`.
     """
 
     uv: np.ndarray
@@ -83,7 +84,7 @@ class DetailLayout:
     fade: np.ndarray
     regions: dict
     age: float
-    relief: np.ndarray  # [RELIEF_SIZE, RELIEF_SIZE] float16 mm: skin microrelief furrows and mesoscale undulation
+    relief: dict  # the static skin relief (microrelief furrows, mesoscale undulation), see _skin_relief
 
     def __len__(self) -> int:
         return len(self.uv)
@@ -151,8 +152,10 @@ def normal_perturbation_deg(map_: np.ndarray, mm_per_texel, grid_mm: float | Non
 
     ``mm_per_texel``: a number, ``[S, S]`` or ``[S, S, 2]`` (spacing along rows, along columns; see
     :func:`mm_per_texel`). With ``grid_mm``, ``map_`` is first low-passed to what a grid of that spacing
-    resolves (Gaussian of std grid_mm / 2), so detail finer than a scan's resolution counts at its
-    filtered size. Texels with a spacing of 0 give 0."""
+    resolves (the area average over a grid cell beyond the texel's own: a Gaussian of std
+    sqrt(grid_mm^2 - texel^2) / sqrt(12)), so detail finer than a scan's resolution counts at its
+    filtered size; a map whose texels are already that size is taken as it is. Texels with a spacing of
+    0 give 0."""
     import cv2
 
     h = np.asarray(map_, dtype=np.float32)
@@ -164,10 +167,12 @@ def normal_perturbation_deg(map_: np.ndarray, mm_per_texel, grid_mm: float | Non
     if sp.shape != h.shape + (2,):
         raise ValueError(f"mm_per_texel must be a number, [S, S] or [S, S, 2] for a map {h.shape}, got {sp.shape}")
     if grid_mm:
+        # area-average over a grid cell (a box of grid_mm, as a Gaussian of std box / sqrt(12)), beyond
+        # the averaging the texels already do
         valid = sp[..., 0] > 0
         s = float(np.median(sp[valid].mean(-1))) if valid.any() else 1.0
-        sigma = 0.5 * grid_mm / s
-        if sigma > 0.3:
+        sigma = np.sqrt(max(grid_mm**2 - s**2, 0.0)) / np.sqrt(12.0) / s
+        if sigma > 0.2:
             h = cv2.GaussianBlur(h, (0, 0), sigma)
     gy, gx = np.gradient(h)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -191,9 +196,14 @@ def tile_coverage(size: int) -> np.ndarray:
     cov = np.zeros((size, size), np.uint8)
     cv2.fillPoly(cov, list(pix), 1, lineType=cv2.LINE_8, shift=4)
     # boundary edges (used by one triangle) and every texel within about a texel of them are removed
-    e = np.sort(np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]]), axis=1)
+    # (uv vertices are merged by position first: the layout repeats some at one place)
+    _, same = np.unique(np.round(m.uv * 1e6).astype(np.int64), axis=0, return_inverse=True)
+    tri_pos = same.reshape(-1)[tri]
+    first = np.zeros(same.max() + 1, np.int64)
+    first[same.reshape(-1)[::-1]] = np.arange(len(m.uv))[::-1]  # one uv index per position
+    e = np.sort(np.concatenate([tri_pos[:, [0, 1]], tri_pos[:, [1, 2]], tri_pos[:, [2, 0]]]), axis=1)
     uniq, count = np.unique(e, axis=0, return_counts=True)
-    border = uniq[count == 1]
+    border = first[uniq[count == 1]]
     seg = np.round(uv_to_texel(m.uv[border], size) * 16).astype(np.int32)
     cv2.polylines(cov, list(seg), False, 0, thickness=3, lineType=cv2.LINE_8, shift=4)
     out = cov.astype(bool)
@@ -264,6 +274,20 @@ class _Surface:
             uv = uv + np.clip(d, -lim, lim)
         P = self.lookup(self.pos, uv)
         return uv, np.linalg.norm(P - pts, axis=1)
+
+    def march(self, uv: np.ndarray, dir3: np.ndarray, length_mm: np.ndarray, step_mm: float = 1.0) -> np.ndarray:
+        """Walk from ``uv [N, 2]`` along the surface, heading along ``dir3 [3]`` (projected onto the tangent
+        plane at every step), for ``length_mm [N]`` mm -> end uvs ``[N, 2]``."""
+        uv = np.asarray(uv, np.float64).copy()
+        length = np.broadcast_to(np.asarray(length_mm, np.float64), (len(uv),))
+        n = int(np.ceil(length.max() / step_mm)) if len(uv) else 0
+        for k in range(n):
+            step = np.clip(length - k * step_mm, 0, step_mm)
+            d = self.tangent_step(uv, np.broadcast_to(dir3, (len(uv), 3)))
+            J = self.lookup(self.J, uv).astype(np.float64)
+            moved = np.linalg.norm(np.einsum("nki,ni->nk", J, d), axis=1)
+            uv += d * (step / np.maximum(moved, 1e-9))[:, None]
+        return uv
 
     def tangent_step(self, uv: np.ndarray, dirs3: np.ndarray) -> np.ndarray:
         """uv offsets ``[N, 2]`` that move by the 3D vectors ``dirs3 [N, 3]`` (mm) projected onto the tangent plane."""
@@ -405,7 +429,7 @@ def sample_layout(model, identity_vertices: np.ndarray, rng: np.random.Generator
     S = LAYOUT_SIZE
     lm = V[model.landmarks68]
     fam = {n: i for i, n in enumerate(FAMILY_NAMES)}
-    A = 0.6 + 0.4 * age  # expression wrinkle depth scale with age (the neutral residual grows faster)
+    A = 0.7 + 0.3 * age  # expression wrinkle depth scale with age (the neutral residual grows faster)
     b = _Builder(surf)
 
     # ---- region fields on the layout grid (3D distances to the identity's landmarks)
@@ -438,9 +462,9 @@ def sample_layout(model, identity_vertices: np.ndarray, rng: np.random.Generator
     facial = cov & facial.reshape(-1).astype(bool)
 
     # pores: density (per mm^2) and size by region
-    dens = 0.55 + 2.3 * w_nose + 1.2 * w_cheek * (1 - w_nose) + 0.35 * w_fore
+    dens = 0.55 + 3.0 * w_nose + 1.2 * w_cheek * (1 - w_nose) + 0.35 * w_fore
     dens = dens * (1 - 0.95 * np.maximum(w_lip, w_lid)) * np.where(ear, 0.3, 1) * (1 - 0.5 * w_neck)
-    size_gain = (0.75 + 0.45 * w_nose + 0.3 * w_cheek - 0.25 * w_fore) * (1 - 0.4 * w_lid)
+    size_gain = (0.75 + 0.6 * w_nose + 0.3 * w_cheek * (1 - w_nose) - 0.25 * w_fore) * (1 - 0.4 * w_lid)
     dens = np.where(cov, dens, 0).reshape(S, S)
     size_gain = size_gain.reshape(S, S)
     area = surf.mm_per_uv ** 2 / S**2  # mm^2 per layout texel
@@ -460,7 +484,7 @@ def sample_layout(model, identity_vertices: np.ndarray, rng: np.random.Generator
     b.pores(uv, diam / 2.5, depth)
 
     # fine lines: short random creases, more and deeper with age
-    n_fine = int((1500 + 5000 * age) * rng.uniform(0.85, 1.15))
+    n_fine = int((4000 + 4500 * age) * rng.uniform(0.85, 1.15))
     fdens = np.where(cov, (1 + 1.5 * w_fore + 0.8 * w_lid + 0.6 * w_cheek) * (1 - 0.7 * w_lip), 0).reshape(S, S)
     fdens = fdens * area
     pidx = rng.choice(S * S, size=n_fine, p=(fdens / fdens.sum()).ravel())
@@ -487,7 +511,7 @@ def sample_layout(model, identity_vertices: np.ndarray, rng: np.random.Generator
     length = rng.uniform(1.5, 6.0, n_fine) * (0.8 + 0.5 * age)
     bend = rng.normal(0, 0.12, n_fine) * length
     f_sigma = rng.uniform(0.03, 0.07, n_fine)
-    f_depth = -rng.uniform(0.05, 0.15, n_fine) * (0.5 + 0.5 * age)
+    f_depth = -rng.uniform(0.05, 0.15, n_fine) * (0.7 + 0.3 * age)
     t = np.linspace(-0.5, 0.5, 5)[None, :, None]
     pts = t * length[:, None, None] * dir3[:, None] + (1 - 4 * t**2) * bend[:, None, None] * perp3[:, None]
     duv = surf.tangent_step(np.repeat(cuv, 5, 0), pts.reshape(-1, 3)).reshape(n_fine, 5, 2)
@@ -496,26 +520,26 @@ def sample_layout(model, identity_vertices: np.ndarray, rng: np.random.Generator
     # ---- expression wrinkle families
     up = np.array([0.0, 1.0, 0.0])
 
-    # forehead: 2-5 lines following the brow curve, rising and flattening towards the hairline
+    # forehead: 3-6 lines following the brow curve, walked up the forehead's surface from the brows,
+    # flattening towards the hairline, some broken in two
     brow = lm[17:27].copy()
-    bx = np.linspace(brow[0, 0] - 6, brow[-1, 0] + 6, 60)
-    by = np.interp(bx, brow[:, 0], brow[:, 1])
-    bz = np.interp(bx, brow[:, 0], brow[:, 2])
-    n_fore = int(rng.integers(3, 7))
-    gap = rng.uniform(6.0, 9.0)
+    bx = np.linspace(brow[0, 0] - 4, brow[-1, 0] + 4, 70)
+    brow_pts = np.stack([np.interp(bx, brow[:, 0], brow[:, c]) for c in range(3)], 1)
+    brow_uv, _ = surf.to_uv(brow_pts)
+    n_fore = int(rng.integers(4, 8))
+    gap = rng.uniform(5.0, 7.5)
     for k in range(n_fore):
-        h = 12.0 + k * gap + rng.normal(0, 1.2)
-        flat = min(0.25 + 0.12 * k, 0.8)
-        yy = (1 - flat) * by + flat * by.max() + h + 1.5 * np.sin(bx / rng.uniform(12, 25) + rng.uniform(0, 6))
-        span = rng.uniform(0.55, 0.95)
-        x0, x1 = rng.uniform(-1, -span), rng.uniform(span, 1)
-        sel = (bx >= x0 * 60) & (bx <= x1 * 60)
-        pts = np.stack([bx[sel], yy[sel], bz[sel] + 5.0], 1)
-        # break some lines in two
-        cut = [pts] if rng.random() < 0.6 else [pts[: len(pts) // 2 - 2], pts[len(pts) // 2 + 2 :]]
-        for c in cut:
+        h = 10.0 + k * gap + rng.normal(0, 1.0)
+        flat = min(0.3 + 0.12 * k, 0.85)
+        rise = h + flat * (brow_pts[:, 1].max() - brow_pts[:, 1]) + 1.2 * np.sin(bx / rng.uniform(12, 25) + rng.uniform(0, 6))
+        span = rng.uniform(0.5, 0.9)
+        x0, x1 = rng.uniform(-1, -span) * 55, rng.uniform(span, 1) * 55
+        sel = (bx >= x0) & (bx <= x1)
+        uv_line = surf.march(brow_uv[sel], up, rise[sel])
+        pieces = [uv_line] if rng.random() < 0.6 else [uv_line[: len(uv_line) // 2 - 2], uv_line[len(uv_line) // 2 + 2 :]]
+        for c in pieces:
             if len(c) > 3:
-                b.curve3d(c, rng.uniform(0.4, 0.65), -A * rng.uniform(0.35, 0.8), fam["forehead"], max_dist_mm=15)
+                b.curve(c, rng.uniform(0.4, 0.65), -A * rng.uniform(0.5, 0.9), fam["forehead"])
 
     # glabella: 1-2 vertical lines each side of the midline between the brows, slightly converging down
     for s in (-1, 1):
@@ -626,7 +650,7 @@ def sample_layout(model, identity_vertices: np.ndarray, rng: np.random.Generator
     residual[fam["lip_lines"]] = np.clip(0.1 + 0.6 * age, 0, 0.8)
 
     relief = _skin_relief(rng, surf, age, w_lip=w_lip.reshape(S, S), w_lid=w_lid.reshape(S, S),
-                          w_nose=w_nose.reshape(S, S), w_fore=w_fore.reshape(S, S))
+                          w_nose=w_nose.reshape(S, S), w_fore=w_fore.reshape(S, S), facial=facial.reshape(S, S))
 
     # boundary fade in mm on the layout grid
     dist_px = cv2.distanceTransform(surf.cov.astype(np.uint8), cv2.DIST_L2, 5)
@@ -638,38 +662,85 @@ def sample_layout(model, identity_vertices: np.ndarray, rng: np.random.Generator
                         fade=fade, regions=regions, age=age, relief=relief)
 
 
-def _skin_relief(rng, surf: _Surface, age: float, w_lip, w_lid, w_nose, w_fore) -> np.ndarray:
-    """``[RELIEF_SIZE]^2`` float16 mm: the skin's microrelief (a network of furrows about 0.1 mm wide,
-    0.03-0.065 mm deep, bounding plateaus 0.4-1.2 mm across: the zero lines of band-pass noise, one
-    isotropic and one stretched along the Langer-like horizontal), plus a mesoscale undulation
-    (2-6 mm wavelengths, 0.05-0.065 mm std, less on the forehead). Drawn in texels of a uniform 0.14 mm, which the face tile
-    holds to +-20 %."""
+def _skin_relief(rng, surf: _Surface, age: float, w_lip, w_lid, w_nose, w_fore, facial) -> dict:
+    """The skin's static relief, drawn in texels of a uniform ~0.14 mm (the face tile holds it to +-20 %):
+
+    * microrelief: a network of furrows about 0.1 mm wide and 0.03-0.07 mm deep bounding plateaus
+      0.4-1.2 mm across (the zero lines of two band-pass noises, one isotropic, one stretched along u);
+      stored as the noises ``[2, RELIEF_SIZE, RELIEF_SIZE]`` float16 (the furrows are drawn from them
+      at the output size, so they stay sharp at 4096) and their depth ``[LAYOUT_SIZE]^2`` mm;
+    * cells: V-shaped grooves 0.045-0.09 mm deep between domed plateaus 1-2 mm across (the coarser
+      polygons of the skin's relief), and a mesoscale undulation (3-12 mm wavelengths, 0.05-0.065 mm
+      std, less on forehead and nose), together ``coarse [COARSE_SIZE]^2`` mm.
+
+    Cells and furrows are scaled together (by 0.6-1.8) so that on a 0.3 mm grid they tilt the normal by
+    a per-identity 4.5-5.3 deg (+1 deg at age 1) on average inside the facial area."""
     import cv2
 
-    R = RELIEF_SIZE
+    R, S = RELIEF_SIZE, LAYOUT_SIZE
     mmpt = float(np.median(surf.mm_per_uv[surf.cov])) / R
 
-    def band(lo_mm, hi_mm, sx=1.0, sy=1.0, down=1):
-        r = R // down
+    def band(r, lo_mm, hi_mm, sx=1.0, sy=1.0):
         n = rng.standard_normal((r, r), dtype=np.float32)
-        lo, hi = lo_mm / mmpt / down, hi_mm / mmpt / down
+        lo, hi = lo_mm / mmpt * R / r, hi_mm / mmpt * R / r
         b_ = cv2.GaussianBlur(n, (0, 0), sigmaX=lo * sx, sigmaY=lo * sy) - cv2.GaussianBlur(n, (0, 0), sigmaX=hi * sx, sigmaY=hi * sy)
-        b_ /= max(float(b_.std()), 1e-8)
-        return b_ if down == 1 else cv2.resize(b_, (R, R), interpolation=cv2.INTER_CUBIC)
-
-    def up(f):
-        return cv2.resize(np.asarray(f, np.float32), (R, R), interpolation=cv2.INTER_LINEAR)
+        return b_ / max(float(b_.std()), 1e-8)
 
     cell = rng.uniform(0.8, 1.1) * (1 + 0.25 * age)
-    eps = 0.3
-    furrow = np.exp(-((band(0.16 * cell, 0.3 * cell) / eps) ** 2))
-    furrow += 0.8 * np.exp(-((band(0.2 * cell, 0.4 * cell, sx=2.2, sy=0.7) / eps) ** 2))
-    depth = rng.uniform(0.035, 0.05) * (0.8 + 0.5 * age)
-    calm = up(1 - 0.7 * np.maximum(w_lip, 0.6 * w_lid))
-    rough = up(1 + 0.2 * w_nose - 0.1 * w_fore)
-    h = -depth * calm * rough * furrow
-    h += rng.uniform(0.05, 0.065) * calm * up(1 - 0.55 * w_fore) * band(0.4, 1.5, down=4)
-    return h.astype(np.float16)
+    noise = np.stack([band(R, 0.16 * cell, 0.3 * cell), band(R, 0.2 * cell, 0.4 * cell, sx=2.2, sy=0.7)]).astype(np.float16)
+    calm = 1 - 0.7 * np.maximum(w_lip, 0.6 * w_lid)
+    depth = rng.uniform(0.045, 0.06) * (0.9 + 0.4 * age) * calm * (1 - 0.45 * w_nose - 0.1 * w_fore)
+    # the coarser cells: V-grooves between domed plateaus 1-2 mm across, at COARSE_SIZE
+    C = COARSE_SIZE
+    big = rng.uniform(0.9, 1.15) * (1 + 0.2 * age)
+    v1 = np.maximum(1 - np.abs(band(C, 0.32 * big, 0.65 * big)) / 1.2, 0) ** 1.5
+    v2 = np.maximum(1 - np.abs(band(C, 0.32 * big, 0.65 * big, sx=1.8, sy=0.6)) / 1.2, 0) ** 1.5
+    up = lambda f: cv2.resize(np.asarray(f, np.float32), (C, C), interpolation=cv2.INTER_LINEAR)  # noqa: E731
+    cell_depth = rng.uniform(0.095, 0.115) * (1.0 + 0.3 * age) * up(calm * (1 - 0.5 * w_nose) * (1 - 0.5 * w_fore))
+    und = rng.uniform(0.05, 0.065) * calm * (1 - 0.7 * w_fore) * (1 - 0.5 * w_nose) * band(S, 0.7, 2.2)
+    cells = (cell_depth * (v1 + 0.7 * v2)).astype(np.float32)
+    # calibrate cells and furrows together so that, seen on a 0.3 mm grid, they tilt the normal by a
+    # per-identity target inside the facial area (their slopes otherwise vary with the draw and the head size)
+    target = rng.uniform(4.5, 5.3) + 1.0 * age
+    probe = {"noise": noise, "furrow_depth": depth.astype(np.float32), "coarse": -cells}
+    T = 1024
+    mmpt = cv2.resize(surf.mm_per_uv, (T, T), interpolation=cv2.INTER_LINEAR) / T
+    area = cv2.resize(facial.astype(np.uint8), (T, T), interpolation=cv2.INTER_NEAREST).astype(bool)
+    seen = float(normal_perturbation_deg(_relief_map(probe, T), mmpt, grid_mm=0.3)[area].mean()) if area.any() else target
+    gain = float(np.clip(target / max(seen, 1e-3), 0.6, 1.8))
+    coarse = cv2.resize(und.astype(np.float32), (C, C), interpolation=cv2.INTER_CUBIC) - gain * cells
+    return {"noise": noise, "furrow_depth": (gain * depth).astype(np.float32), "coarse": coarse.astype(np.float32)}
+
+
+_FURROW_EPS = 0.5  # furrow = (1 - (n / eps)^2)^2 where |n| < eps: about 0.1 mm wide
+
+
+def _relief_map(relief: dict, size: int) -> np.ndarray:
+    """The static relief at ``size`` (``[size, size]`` float32 mm, before the boundary fade)."""
+    import cv2
+
+    noise = relief["noise"]
+    R = noise.shape[1]
+    S_r = max(size, R)
+    f = np.zeros((S_r, S_r), np.float32)
+    for k, gain in ((0, 1.0), (1, 0.8)):
+        n = noise[k].astype(np.float32)
+        if S_r != R:
+            n = cv2.resize(n, (S_r, S_r), interpolation=cv2.INTER_CUBIC)
+        np.multiply(n, n, out=n)
+        np.multiply(n, -1.0 / _FURROW_EPS**2, out=n)
+        n += 1.0
+        np.maximum(n, 0.0, out=n)
+        np.multiply(n, n, out=n)
+        f += gain * n if gain != 1.0 else n
+    if S_r != size:
+        f = cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA)
+    depth = cv2.resize(relief["furrow_depth"], (size, size), interpolation=cv2.INTER_LINEAR)
+    coarse = relief["coarse"]
+    if coarse.shape[0] != size:
+        coarse = cv2.resize(coarse, (size, size), interpolation=cv2.INTER_AREA if size < coarse.shape[0] else cv2.INTER_CUBIC)
+    f *= depth
+    return coarse - f
 
 
 # --------------------------------------------------------------------------------------------- rendering
@@ -714,39 +785,49 @@ def displacement_map(layout: DetailLayout, model, expression_weights: np.ndarray
     g = family_gains(expression_weights, tuple(model.expression_names))
     if rng is not None:
         g[1:] = np.clip(g[1:] * rng.uniform(0.9, 1.1, (len(g) - 1, 1)), 0, 1)
-    fam = layout.family.astype(np.int64)
-    act = g[fam, 0] * (1 - layout.side) + g[fam, 1] * layout.side
+    fam = layout.family.astype(np.intp)
+    side = layout.side
+    act = g[fam, 0].astype(np.float32) * (1 - side) + g[fam, 1].astype(np.float32) * side
     res = layout.residual[fam]
     depth = layout.depth_mm * (res + (1 - res) * act)
     keep = depth != 0
-    pix = uv_to_texel(layout.uv[keep], size).astype(np.float32)
-    sig_t = layout.sigma_uv[keep] * size
-    ds_t = layout.ds_uv[keep] * size
+    f32 = np.float32
+    u = layout.uv[keep]
+    px = u[:, 0] * f32(size) - f32(0.5)
+    py = (f32(1) - u[:, 1]) * f32(size) - f32(0.5)
+    sig_t = layout.sigma_uv[keep] * f32(size)
+    ds_t = layout.ds_uv[keep] * f32(size)
     depth = depth[keep]
-    sig_e = np.maximum(sig_t, _SIGMA_MIN)
-    level = np.maximum(np.floor(np.log2(sig_e / _BINS[-1])) + 1, 0).astype(np.int64)
-    sig_l = sig_e / 2.0**level
-    cls = np.clip(np.searchsorted(_BINS, sig_l, side="right") - 1, 0, len(_BINS) - 2)
-    sig_c = np.sqrt(_BINS[cls] * _BINS[cls + 1])  # class width at its level
-    sw = np.minimum(sig_t / 2.0**level, sig_c)  # true width, capped by the class: volume kept when filtered
+    sig_e = np.maximum(sig_t, f32(_SIGMA_MIN))
+    level = np.maximum(np.floor(np.log2(sig_e * f32(1 / _BINS[-1]))) + 1, 0).astype(np.int32)
+    scale = np.ldexp(f32(1), -level).astype(np.float32)  # 2^-level
+    sig_l = sig_e * scale
+    cls = np.clip(np.searchsorted(_BINS.astype(np.float32), sig_l, side="right") - 1, 0, len(_BINS) - 2).astype(np.int32)
+    centres = np.sqrt(_BINS[:-1] * _BINS[1:]).astype(np.float32)
+    sw = np.minimum(sig_t * scale, centres[cls])  # true width, capped by the class: volume kept when filtered
     is_line = ds_t > 0
-    w = np.where(is_line, depth * (ds_t / 2.0**level) * np.sqrt(2 * np.pi) * sw, depth * 2 * np.pi * sw**2)
-    w = w.astype(np.float32)
+    w = np.where(is_line, depth * (ds_t * scale) * f32(np.sqrt(2 * np.pi)) * sw, depth * f32(2 * np.pi) * sw * sw)
+    key = level * 4 + cls
+    order = np.argsort(key, kind="stable")
+    key_sorted = key[order]
     n_levels = int(level.max()) + 1 if len(level) else 1
     k_norm = 1.0 / (1.0 - SHOULDER / np.sqrt(5.0))
     acc = None
     for L in range(n_levels - 1, -1, -1):
         S_L = max(int(np.ceil(size / 2**L)), 1)
-        out_L = np.zeros((S_L, S_L), np.float32)
+        a_sum = None
         for c in range(len(_BINS) - 1):
-            sel = (level == L) & (cls == c)
-            if not sel.any():
+            lo, hi = np.searchsorted(key_sorted, [L * 4 + c, L * 4 + c + 1])
+            if hi <= lo:
                 continue
-            img = _splat(S_L, (pix[sel] + 0.5) / 2**L - 0.5, w[sel])
-            s = float(np.sqrt(_BINS[c] * _BINS[c + 1]))
-            a_ = cv2.GaussianBlur(img, (0, 0), s)
-            b_ = cv2.GaussianBlur(a_, (0, 0), 2 * s)
-            out_L += k_norm * (a_ - SHOULDER * b_)
+            idx = order[lo:hi]
+            sc = f32(2.0**-L)
+            img = _splat(S_L, (px[idx] + f32(0.5)) * sc - f32(0.5), (py[idx] + f32(0.5)) * sc - f32(0.5), w[idx])
+            a_ = cv2.GaussianBlur(img, (0, 0), float(centres[c]))
+            a_sum = a_ if a_sum is None else cv2.add(a_sum, a_)
+        out_L = np.zeros((S_L, S_L), np.float32) if a_sum is None else a_sum
+        if a_sum is not None:  # raised shoulders: minus a broader copy (one blur per level)
+            out_L = cv2.addWeighted(a_sum, k_norm, cv2.GaussianBlur(a_sum, (0, 0), 2.0 * float(centres[1])), -k_norm * SHOULDER, 0)
         if acc is not None:
             out_L += cv2.resize(acc, (S_L, S_L), interpolation=cv2.INTER_CUBIC)
         acc = out_L
@@ -754,26 +835,31 @@ def displacement_map(layout: DetailLayout, model, expression_weights: np.ndarray
         acc = np.zeros((size, size), np.float32)
     if acc.shape[0] != size:
         acc = cv2.resize(acc, (size, size), interpolation=cv2.INTER_CUBIC)
-    relief = layout.relief.astype(np.float32)
-    interp = cv2.INTER_AREA if size < relief.shape[0] else cv2.INTER_CUBIC
-    acc += cv2.resize(relief, (size, size), interpolation=interp) if size != relief.shape[0] else relief
+    acc += _relief_map(layout.relief, size)
     fade = cv2.resize(layout.fade, (size, size), interpolation=cv2.INTER_LINEAR)
-    out = acc * fade * tile_coverage(size)
-    return np.nan_to_num(out, copy=False).astype(np.float32, copy=False)
+    fade[~tile_coverage(size)] = 0
+    return cv2.multiply(acc, fade)
 
 
-def _splat(S: int, pix: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Bilinear splat of weights ``w [N]`` at texel coordinates ``pix [N, 2]`` (x, y) into ``[S, S]`` float32."""
-    x0 = np.floor(pix[:, 0]).astype(np.int64)
-    y0 = np.floor(pix[:, 1]).astype(np.int64)
-    fx = (pix[:, 0] - x0).astype(np.float32)
-    fy = (pix[:, 1] - y0).astype(np.float32)
-    img = np.zeros(S * S, np.float32)
-    for dx, dy, ww in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
-        xx, yy = x0 + dx, y0 + dy
-        ok = (xx >= 0) & (xx < S) & (yy >= 0) & (yy < S)
-        np.add.at(img, yy[ok] * S + xx[ok], w[ok] * ww[ok])
-    return img.reshape(S, S)
+def _splat(S: int, x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Bilinear splat of weights ``w [N]`` at texel coordinates ``x, y [N]`` (column, row) into ``[S, S]`` float32."""
+    x0 = np.floor(x)
+    y0 = np.floor(y)
+    fx = x - x0
+    fy = y - y0
+    x0 = x0.astype(np.int32)
+    y0 = y0.astype(np.int32)
+    # a one-texel border (and everything beyond it, clamped there) is dropped at the end
+    W = S + 3
+    img = np.zeros(W * W, np.float32)
+    base = (np.clip(y0, -1, S) + 1).astype(np.int64) * W + (np.clip(x0, -1, S) + 1)
+    wy0 = w * (1 - fy)
+    wy1 = w * fy
+    np.add.at(img, base, wy0 * (1 - fx))
+    np.add.at(img, base + 1, wy0 * fx)
+    np.add.at(img, base + W, wy1 * (1 - fx))
+    np.add.at(img, base + W + 1, wy1 * fx)
+    return img.reshape(W, W)[1 : S + 1, 1 : S + 1].copy()
 
 
 def region_mask(layout: DetailLayout, name: str, size: int) -> np.ndarray:
