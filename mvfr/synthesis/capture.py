@@ -185,10 +185,9 @@ def _render_mesh(geom: head.RenderGeometry, person: Person, coarse: np.ndarray) 
     material = np.where(geom.part == face_i, 0, np.where(geom.part == head_i, 1, 2)).astype(np.float64)
     colors = head.spread_attribute(geom, person.colors)
     spec = np.where(material < 2, 1.0, head.spread_attribute(geom, person.spec))
-    lash = np.isin(geom.part, [ict.PART_NAMES.index(p) for p in head.LASH_PARTS])
     eye = np.isin(geom.part, [ict.PART_NAMES.index(p) for p in ("eyeball_left", "eyeball_right")])
     teeth = geom.part == ict.PART_NAMES.index("teeth")
-    shininess = np.select([eye, teeth, lash], [300.0, 60.0, 8.0], 24.0)
+    shininess = np.select([eye, teeth], [300.0, 60.0], 24.0)
     return HeadMesh(geom.vertices, geom.faces, geom.normals, geom.tangent_u, geom.tangent_v, geom.uvs, colors,
                     material, spec, shininess, ao)
 

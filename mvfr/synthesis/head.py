@@ -8,7 +8,8 @@ along the smooth normals by the mesoscopic height map ``h`` (mm, face uv tile; z
   face) plus eyeballs, teeth, gums and tongue at one level, in the ICT topology (vertex ids of each
   part are its own; ``region`` marks the face area's vertices; no template uvs);
 * the **render mesh**: skin at :data:`RENDER_LEVEL` with uv-split vertices (per-vertex tangents for
-  the detail normal, see :mod:`.head_render`), the same non-skin parts, and the eyelashes.
+  the detail normal, see :mod:`.head_render`) and the same non-skin parts (the eyelash strips of the
+  model are left out: drawn opaque they read as black bands; the lid margin's darkening stands for them).
 
 Both displace with the same ``h`` sampled at their vertices, so the render is the scan filtered to
 a coarser mesh; the shading normal restores the detail below the render mesh's triangles.
@@ -29,7 +30,7 @@ SOLID_PARTS = ("eyeball_left", "eyeball_right", "teeth", "gums_tongue")  # in th
 # The ICT eyeball has two layers: an outer shell with the corneal bulge (the first vertices of each
 # eyeball part) and the inner eyeball whose front carries the iris (``ict.IRIS_VERTICES``). Only the
 # inner one is used (rendered with sclera, iris and pupil, and in the scan), as if the cornea were clear.
-LASH_PARTS = ("eyelashes_left", "eyelashes_right")  # render only
+LASH_PARTS = ("eyelashes_left", "eyelashes_right")  # not rendered: opaque strips read as black bands, not lashes
 SCAN_LEVEL = 3
 RENDER_LEVEL = 2
 SOLID_LEVEL = 1
@@ -216,7 +217,7 @@ def build_render(coarse: np.ndarray, height_fn=None) -> RenderGeometry:
     m = ict.load_model()
     out_v, out_f, out_n, out_tu, out_tv, out_uv, out_part, ops = [], [], [], [], [], [], [], []
     offset = 0
-    for parts, level, detail in ((SKIN_PARTS, RENDER_LEVEL, True), (SOLID_PARTS, SOLID_LEVEL, False), (LASH_PARTS, 0, False)):
+    for parts, level, detail in ((SKIN_PARTS, RENDER_LEVEL, True), (SOLID_PARTS, SOLID_LEVEL, False)):
         ps = part_subdivision(parts, level)
         P, n, _, _ = _displace(ps, coarse, height_fn if detail else None)
         rv, rt, rf = render_split(parts, level)
