@@ -104,11 +104,14 @@ def _person(seed: int, pid: int, albedo_size: int, identity_scale: float) -> Per
 
 def _background(H: int, W: int, rng: np.random.Generator) -> np.ndarray:
     """A studio backdrop: a smooth gradient in a random grey or muted colour (linear RGB)."""
+    import cv2
+
     base = rng.uniform(0.04, 0.35) * (1 + rng.uniform(-0.25, 0.25, 3))
-    y = np.linspace(-0.5, 0.5, H, dtype=np.float32)[:, None, None]
-    x = np.linspace(-0.5, 0.5, W, dtype=np.float32)[None, :, None]
+    y = np.linspace(-0.5, 0.5, 32, dtype=np.float32)[:, None, None]
+    x = np.linspace(-0.5, 0.5, 32, dtype=np.float32)[None, :, None]
     g = 1 + rng.uniform(-0.4, 0.4) * y + rng.uniform(-0.2, 0.2) * x - 0.5 * (x**2 + y**2)
-    return (base[None, None] * g).astype(np.float32)
+    small = (base[None, None] * g).astype(np.float32)
+    return cv2.resize(small, (W, H), interpolation=cv2.INTER_LINEAR)  # smooth: computed on 32 x 32
 
 
 def height_gradient(h: np.ndarray) -> np.ndarray:

@@ -48,10 +48,12 @@ def vertex_face_incidence(faces: np.ndarray, num_vertices: int):
 
 def fast_vertex_normals(vertices: np.ndarray, faces: np.ndarray, incidence=None) -> np.ndarray:
     """Area-weighted unit vertex normals ``[N, 3]``; ``incidence`` (:func:`vertex_face_incidence`) speeds up repeats."""
-    tri = vertices[faces]
-    fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    v = np.asarray(vertices, dtype=np.float32)  # float32: twice as fast, and normals need no more
+    e1 = v[faces[:, 1]] - v[faces[:, 0]]
+    e2 = v[faces[:, 2]] - v[faces[:, 0]]
+    fn = np.cross(e1, e2)
     A = incidence if incidence is not None else vertex_face_incidence(faces, len(vertices))
-    out = np.asarray(A @ fn)
+    out = np.asarray(A @ fn, dtype=np.float64)
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-30)
 
 

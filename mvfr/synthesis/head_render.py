@@ -256,9 +256,15 @@ class HeadRenderer:
         ms, res = self._framebuffers(int(width), int(height))
         ms.use()
         ms.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
-        self.ctx.enable(self.ctx.DEPTH_TEST)
-        self.ctx.disable(self.ctx.CULL_FACE)
-        self._vao.render()
+        self.ctx.enable(self.ctx.DEPTH_TEST | self.ctx.CULL_FACE)
+        # the ICT faces wind counter-clockwise seen from outside; projection_matrix maps image row 0 to
+        # framebuffer row 0, which mirrors the winding on screen: front faces are clockwise there
+        self.ctx.front_face = "cw"
+        try:
+            self._vao.render()
+        finally:
+            self.ctx.disable(self.ctx.CULL_FACE)
+            self.ctx.front_face = "ccw"
         if res is not ms:
             self.ctx.copy_framebuffer(res, ms)
         buf = np.frombuffer(res.read(components=4, dtype="f4", alignment=1), dtype=np.float32)
