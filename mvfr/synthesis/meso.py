@@ -10,7 +10,7 @@ Two steps:
   free: positions are uvs, sizes are mm converted to uv with the identity's local mm per uv.
 * :func:`displacement_map` (per capture): the height ``[S, S]`` float32 in **mm along the outward
   normal of the smooth surface** (negative = into the skin) for blend-shape ``expression_weights
-  [53]``; exactly zero outside the tile's coverage and fading to zero over a few mm at the tile's
+  [53]``; exactly zero outside the tile's coverage and fading to zero over 2 mm at the tile's
   boundary (the seam with the head, the eye and mouth openings), so the detailed face joins the head.
 
 The map is in the project's texel convention (DESIGN §3): texel (row i, col j) has its centre at
@@ -41,7 +41,7 @@ import numpy as np
 LAYOUT_SIZE = 512  # resolution of the per-identity position map the layout is drawn on
 RELIEF_SIZE = 2048  # resolution of the stored microrelief noise (about 0.14 mm per texel)
 COARSE_SIZE = 1024  # resolution of the stored coarse relief (cells, undulation)
-FADE_MM = (0.7, 3.0)  # detail is 0 within FADE_MM[0] of the tile boundary, full from FADE_MM[0] + FADE_MM[1]
+FADE_MM = (0.4, 1.6)  # detail is 0 within FADE_MM[0] of the tile boundary, full from FADE_MM[0] + FADE_MM[1]
 SHOULDER = 0.35  # weight of the broader (2.24 sigma) blur subtracted from a valley: its raised shoulders
 
 # family -> {driver shape (ARKit name without side): gain}; a driver with _L/_R shapes is read on the
@@ -211,6 +211,13 @@ def tile_coverage(size: int) -> np.ndarray:
     return out
 
 
+@functools.lru_cache(maxsize=3)
+def _coverage_f32(size: int) -> np.ndarray:
+    out = tile_coverage(size).astype(np.float32)
+    out.setflags(write=False)
+    return out
+
+
 class _Surface:
     """One identity's face tile at ``LAYOUT_SIZE``: position map, Jacobian d pos / d uv, 3D -> uv projection."""
 
@@ -353,7 +360,7 @@ class _Builder:
         cum = np.concatenate([np.zeros((K, 1)), np.cumsum(seg, axis=1)], 1)  # [K, P]
         L = cum[:, -1]
         ok = L > 0.3
-        ds = np.maximum(0.45 * np.asarray(sigma_mm, np.float64), 0.03)
+        ds = np.maximum(0.6 * np.asarray(sigma_mm, np.float64), 0.04)
         n = np.where(ok, np.maximum(np.ceil(L / ds), 2), 0).astype(np.int64)
         if n.sum() == 0:
             return
@@ -380,10 +387,13 @@ class _Builder:
                            (L[k] / n[k])[good] / s_uv[good], np.full(good.sum(), family), _side_of(self.surf, uv[good])))
 
     def curve3d(self, points3: np.ndarray, sigma_mm, depth_mm, family, max_dist_mm=6.0, **kw):
-        uv, d = self.surf.to_uv(points3)
-        keep = d < max_dist_mm
+        """A line along 3D points ``[P, 3]`` mm near the surface (see :meth:`curve`): each point goes to its
+        closest surface point; the line is cut where it leaves the surface or jumps (its surface points
+        much farther apart than the 3D points), and its longest piece is kept."""
+        pts = np.asarray(points3, np.float64)
+        uv, d = self.surf.to_uv(pts)
+        keep = _continuous(self.surf, pts, uv) & (d < max_dist_mm)
         if keep.sum() >= 2:
-            # a curve that leaves the surface is cut where it leaves (first contiguous run kept)
             idx = np.flatnonzero(keep)
             runs = np.split(idx, np.flatnonzero(np.diff(idx) > 1) + 1)
             run = max(runs, key=len)
@@ -394,6 +404,17 @@ class _Builder:
         uv, sig, dep, ds, fam, side = cat
         return (uv.reshape(-1, 2).astype(np.float32), sig.astype(np.float32), dep.astype(np.float32),
                 ds.astype(np.float32), fam.astype(np.int16), side.astype(np.float32))
+
+
+def _continuous(surf: _Surface, pts: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """Bool ``[P]`` (along the last-but-one axis): points whose surface point is no farther than 3x (+1 mm)
+    the 3D step from the previous one's (the first point follows the second)."""
+    P = surf.lookup(surf.pos, uv.reshape(-1, 2)).reshape(uv.shape[:-1] + (3,)).astype(np.float64)
+    step3 = np.linalg.norm(np.diff(pts, axis=-2), axis=-1)
+    steps = np.linalg.norm(np.diff(P, axis=-2), axis=-1)
+    ok = steps <= 3 * step3 + 1.0
+    first = ok[..., :1]
+    return np.concatenate([first, ok], axis=-1)
 
 
 def _side_of(surf: _Surface, uv: np.ndarray) -> np.ndarray:
@@ -435,11 +456,17 @@ def sample_layout(model, identity_vertices: np.ndarray, rng: np.random.Generator
     # ---- region fields on the layout grid (3D distances to the identity's landmarks)
     cov = surf.cov.reshape(-1)
     P = surf.pos.reshape(-1, 3).astype(np.float64)
-    nose = _polyline_dist(P, lm[[27, 28, 29, 30, 33]])
-    nose = np.minimum(nose, np.minimum(np.linalg.norm(P - lm[31], axis=1), np.linalg.norm(P - lm[35], axis=1)))
+    # distances to landmark features, on a half-resolution grid (the weights are smooth over mm)
+    half = cv2.resize(surf.pos, (S // 2, S // 2), interpolation=cv2.INTER_AREA).reshape(-1, 3)
+
+    def full(d):
+        return cv2.resize(d.reshape(S // 2, S // 2).astype(np.float32), (S, S), interpolation=cv2.INTER_LINEAR).reshape(-1)
+
+    nose = _polyline_dist(half, lm[[27, 28, 29, 30, 33]].astype(np.float32))
+    nose = full(np.minimum(nose, np.minimum(np.linalg.norm(half - lm[31], axis=1), np.linalg.norm(half - lm[35], axis=1))))
     cheek_c = [0.5 * (lm[2] + lm[31]) + [0, 8, 0], 0.5 * (lm[14] + lm[35]) + [0, 8, 0]]
-    cheek = np.min([np.linalg.norm(P - c, axis=1) for c in cheek_c], axis=0)
-    eye_d = np.min([_polyline_dist(P, lm[list(r) + [r[0]]]) for r in (range(36, 42), range(42, 48))], axis=0)
+    cheek = full(np.min([np.linalg.norm(half - c, axis=1) for c in cheek_c], axis=0))
+    eye_d = full(np.min([_polyline_dist(half, lm[list(r) + [r[0]]].astype(np.float32)) for r in (range(36, 42), range(42, 48))], axis=0))
     mouth_c = lm[48:60].mean(0)
     brow_y = lm[17:27, 1].max()
     chin = lm[8]
@@ -480,7 +507,7 @@ def sample_layout(model, identity_vertices: np.ndarray, rng: np.random.Generator
     patch /= max(float(patch.std()), 1e-6)
     g = size_gain[ii, jj] * np.exp(0.25 * patch[ii, jj])
     diam = np.clip(rng.lognormal(np.log(0.12), 0.3, len(uv)) * g, 0.05, 0.25)
-    depth = -np.clip(diam * rng.uniform(0.25, 0.4, len(uv)) * (0.9 + 0.3 * age), 0.02, 0.08)
+    depth = -np.clip(diam * rng.uniform(0.35, 0.55, len(uv)) * (0.9 + 0.3 * age), 0.02, 0.08)
     b.pores(uv, diam / 2.5, depth)
 
     # fine lines: short random creases, more and deeper with age
@@ -615,6 +642,26 @@ def sample_layout(model, identity_vertices: np.ndarray, rng: np.random.Generator
         b.curve3d(pts, rng.uniform(0.08, 0.16), -(0.1 + 0.25 * age) * rng.uniform(0.5, 1.0), fam["lip_lines"],
                   taper=0.35, max_dist_mm=6)
 
+    # lip furrows: many fine vertical creases across the red of the lips (deeper when puckering)
+    n_furrow = int(rng.integers(30, 60))
+    s_f = rng.uniform(0.04, 0.96, n_furrow) * cum[-1]
+    p_out = np.stack([np.interp(s_f, cum, outline[:, c]) for c in range(3)], 1)
+    r = p_out - mouth_c
+    r[:, 2] = 0
+    dist_c = np.linalg.norm(r, axis=1)
+    r /= np.maximum(dist_c, 1e-6)[:, None]
+    l_in = rng.uniform(0.4, 0.8, n_furrow) * dist_c
+    l_out = rng.uniform(-0.5, 1.0, n_furrow)
+    start, fd = surf.to_uv(p_out + l_out[:, None] * r)
+    steps = [start]
+    for _ in range(7):  # walk inwards over the lip's surface
+        steps.append(np.stack([surf.march(steps[-1][i : i + 1], -r[i], (l_in[i] + l_out[i]) / 7, step_mm=0.5)[0]
+                               for i in range(n_furrow)]))
+    fuv = np.stack(steps, 1)
+    ok = (fd < 5) & (np.abs(r[:, 0]) < 0.9) & (l_in + l_out > 1.0)
+    b.curves(fuv[ok], rng.uniform(0.05, 0.1, ok.sum()), -rng.uniform(0.03, 0.08, ok.sum()) * (0.8 + 0.5 * age),
+             fam["lip_lines"], taper=0.3)
+
     # neck lines: 2-3 horizontal bands around the front of the neck
     for k in range(int(rng.integers(2, 4))):
         y = chin[1] - rng.uniform(22, 30) - k * rng.uniform(10, 16)
@@ -669,12 +716,12 @@ def _skin_relief(rng, surf: _Surface, age: float, w_lip, w_lid, w_nose, w_fore, 
       0.4-1.2 mm across (the zero lines of two band-pass noises, one isotropic, one stretched along u);
       stored as the noises ``[2, RELIEF_SIZE, RELIEF_SIZE]`` float16 (the furrows are drawn from them
       at the output size, so they stay sharp at 4096) and their depth ``[LAYOUT_SIZE]^2`` mm;
-    * cells: V-shaped grooves 0.045-0.09 mm deep between domed plateaus 1-2 mm across (the coarser
-      polygons of the skin's relief), and a mesoscale undulation (3-12 mm wavelengths, 0.05-0.065 mm
+    * cells: V-shaped grooves about 0.1 mm deep between domed plateaus 0.7-1.5 mm across (the coarser
+      polygons of the skin's relief), and a mesoscale undulation (7-25 mm wavelengths, 0.06-0.08 mm
       std, less on forehead and nose), together ``coarse [COARSE_SIZE]^2`` mm.
 
-    Cells and furrows are scaled together (by 0.6-1.8) so that on a 0.3 mm grid they tilt the normal by
-    a per-identity 4.5-5.3 deg (+1 deg at age 1) on average inside the facial area."""
+    Cells and furrows are then scaled (by 0.5-2) so that on a 0.3 mm grid the relief tilts the normal
+    by a per-identity 4.6-5.4 deg (+0.8 deg at age 1) on average inside the facial area."""
     import cv2
 
     R, S = RELIEF_SIZE, LAYOUT_SIZE
@@ -682,33 +729,40 @@ def _skin_relief(rng, surf: _Surface, age: float, w_lip, w_lid, w_nose, w_fore, 
 
     def band(r, lo_mm, hi_mm, sx=1.0, sy=1.0):
         n = rng.standard_normal((r, r), dtype=np.float32)
-        lo, hi = lo_mm / mmpt * R / r, hi_mm / mmpt * R / r
+        lo, hi = lo_mm / mmpt * r / R, hi_mm / mmpt * r / R  # in texels of the r x r raster
         b_ = cv2.GaussianBlur(n, (0, 0), sigmaX=lo * sx, sigmaY=lo * sy) - cv2.GaussianBlur(n, (0, 0), sigmaX=hi * sx, sigmaY=hi * sy)
         return b_ / max(float(b_.std()), 1e-8)
 
     cell = rng.uniform(0.8, 1.1) * (1 + 0.25 * age)
     noise = np.stack([band(R, 0.16 * cell, 0.3 * cell), band(R, 0.2 * cell, 0.4 * cell, sx=2.2, sy=0.7)]).astype(np.float16)
     calm = 1 - 0.7 * np.maximum(w_lip, 0.6 * w_lid)
-    depth = rng.uniform(0.045, 0.06) * (0.9 + 0.4 * age) * calm * (1 - 0.45 * w_nose - 0.1 * w_fore)
+    depth = rng.uniform(0.045, 0.06) * (0.9 + 0.4 * age) * calm * (1 - 0.7 * w_nose - 0.1 * w_fore)
     # the coarser cells: V-grooves between domed plateaus 1-2 mm across, at COARSE_SIZE
     C = COARSE_SIZE
     big = rng.uniform(0.9, 1.15) * (1 + 0.2 * age)
-    v1 = np.maximum(1 - np.abs(band(C, 0.32 * big, 0.65 * big)) / 1.2, 0) ** 1.5
-    v2 = np.maximum(1 - np.abs(band(C, 0.32 * big, 0.65 * big, sx=1.8, sy=0.6)) / 1.2, 0) ** 1.5
+    v1 = np.maximum(1 - np.abs(band(C, 0.3 * big, 0.6 * big)) / 1.2, 0) ** 1.5
+    v2 = np.maximum(1 - np.abs(band(C, 0.3 * big, 0.6 * big, sx=1.8, sy=0.6)) / 1.2, 0) ** 1.5
     up = lambda f: cv2.resize(np.asarray(f, np.float32), (C, C), interpolation=cv2.INTER_LINEAR)  # noqa: E731
-    cell_depth = rng.uniform(0.095, 0.115) * (1.0 + 0.3 * age) * up(calm * (1 - 0.5 * w_nose) * (1 - 0.5 * w_fore))
-    und = rng.uniform(0.05, 0.065) * calm * (1 - 0.7 * w_fore) * (1 - 0.5 * w_nose) * band(S, 0.7, 2.2)
+    cell_depth = rng.uniform(0.06, 0.075) * (1.0 + 0.3 * age) * up(calm * (1 - 0.5 * w_nose) * (1 - 0.5 * w_fore))
+    und = rng.uniform(0.06, 0.08) * calm * (1 - 0.7 * w_fore) * (1 - 0.5 * w_nose) * band(S, 1.2, 4.0)
     cells = (cell_depth * (v1 + 0.7 * v2)).astype(np.float32)
-    # calibrate cells and furrows together so that, seen on a 0.3 mm grid, they tilt the normal by a
-    # per-identity target inside the facial area (their slopes otherwise vary with the draw and the head size)
-    target = rng.uniform(4.5, 5.3) + 1.0 * age
-    probe = {"noise": noise, "furrow_depth": depth.astype(np.float32), "coarse": -cells}
+    und = cv2.resize(und.astype(np.float32), (C, C), interpolation=cv2.INTER_CUBIC)
+    # calibrate cells and furrows so that, seen on a 0.3 mm grid, the whole relief tilts the normal by a
+    # per-identity target inside the facial area (their slopes otherwise vary with the draw and the head
+    # size); the undulation's and theirs add about in quadrature
+    target = rng.uniform(4.6, 5.4) + 0.8 * age
     T = 1024
     mmpt = cv2.resize(surf.mm_per_uv, (T, T), interpolation=cv2.INTER_LINEAR) / T
     area = cv2.resize(facial.astype(np.uint8), (T, T), interpolation=cv2.INTER_NEAREST).astype(bool)
-    seen = float(normal_perturbation_deg(_relief_map(probe, T), mmpt, grid_mm=0.3)[area].mean()) if area.any() else target
-    gain = float(np.clip(target / max(seen, 1e-3), 0.6, 1.8))
-    coarse = cv2.resize(und.astype(np.float32), (C, C), interpolation=cv2.INTER_CUBIC) - gain * cells
+    gain = 1.0
+    if area.any():
+        def seen(rel):
+            return float(normal_perturbation_deg(_relief_map(rel, T), mmpt, grid_mm=0.3)[area].mean())
+
+        a_cf = seen({"noise": noise, "furrow_depth": depth.astype(np.float32), "coarse": -cells})
+        a_und = seen({"noise": noise, "furrow_depth": np.zeros_like(depth, np.float32), "coarse": und})
+        gain = float(np.clip(np.sqrt(max(target**2 - a_und**2, 0.0)) / max(a_cf, 1e-3), 0.5, 2.0))
+    coarse = und - gain * cells
     return {"noise": noise, "furrow_depth": (gain * depth).astype(np.float32), "coarse": coarse.astype(np.float32)}
 
 
@@ -727,20 +781,16 @@ def _relief_map(relief: dict, size: int) -> np.ndarray:
         n = noise[k].astype(np.float32)
         if S_r != R:
             n = cv2.resize(n, (S_r, S_r), interpolation=cv2.INTER_CUBIC)
-        np.multiply(n, n, out=n)
-        np.multiply(n, -1.0 / _FURROW_EPS**2, out=n)
-        n += 1.0
-        np.maximum(n, 0.0, out=n)
-        np.multiply(n, n, out=n)
-        f += gain * n if gain != 1.0 else n
+        t = cv2.multiply(n, n, scale=-1.0 / _FURROW_EPS**2)
+        t = cv2.max(cv2.add(t, 1.0), 0.0)
+        f = cv2.scaleAdd(cv2.multiply(t, t), gain, f)
     if S_r != size:
         f = cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA)
     depth = cv2.resize(relief["furrow_depth"], (size, size), interpolation=cv2.INTER_LINEAR)
     coarse = relief["coarse"]
     if coarse.shape[0] != size:
         coarse = cv2.resize(coarse, (size, size), interpolation=cv2.INTER_AREA if size < coarse.shape[0] else cv2.INTER_CUBIC)
-    f *= depth
-    return coarse - f
+    return cv2.subtract(coarse, cv2.multiply(f, depth))
 
 
 # --------------------------------------------------------------------------------------------- rendering
@@ -837,8 +887,7 @@ def displacement_map(layout: DetailLayout, model, expression_weights: np.ndarray
         acc = cv2.resize(acc, (size, size), interpolation=cv2.INTER_CUBIC)
     acc += _relief_map(layout.relief, size)
     fade = cv2.resize(layout.fade, (size, size), interpolation=cv2.INTER_LINEAR)
-    fade[~tile_coverage(size)] = 0
-    return cv2.multiply(acc, fade)
+    return cv2.multiply(cv2.multiply(acc, fade), _coverage_f32(size))
 
 
 def _splat(S: int, x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
