@@ -134,6 +134,22 @@ def test_wrinkles_follow_the_expression(model, identities, maps):
     assert d[area & (pos[..., 0] > 10)].sum() > 5 * d[area & (pos[..., 0] < -10)].sum()
 
 
+def test_resolution_free(model, identities):
+    """One layout at two sizes: the finer map, area-averaged to the coarser size, is the coarser map."""
+    import cv2
+
+    lay = identities[1]["layout"]
+    e = _weights(model, mouthSmile_L=0.8, browInnerUp_R=0.6)
+    fine = meso.displacement_map(lay, model, e, 512)
+    coarse = meso.displacement_map(lay, model, e, 256)
+    cov = meso.tile_coverage(256)
+    down = cv2.resize(fine, (256, 256), interpolation=cv2.INTER_AREA)
+    assert np.corrcoef(down[cov], coarse[cov])[0, 1] > 0.98
+    assert abs(down[cov].std() / coarse[cov].std() - 1) < 0.1
+    odd = meso.displacement_map(lay, model, e, 300)
+    assert odd.shape == (300, 300) and np.isfinite(odd).all()
+
+
 def test_layout_sizes_are_real(model, identities):
     for ident in identities:
         lay = ident["layout"]
