@@ -1,9 +1,12 @@
 """Per-view CNN feature extractor of the implicit function (paper: Xiao et al. 2022, Fig. 2).
 
 A stride-2 5x5 convolution, then 3x3 convolutions with GroupNorm and ReLU (32 -> 64 channels) and a
-3x3 output convolution to ``out_channels`` (default 128) at half the image resolution. The output
-covers the same image extent as the input, so :func:`mvfr.camera.pixel_to_grid` samples it with
-pixel coordinates of the input image.
+3x3 output convolution to ``out_channels`` (default 128) at half the image resolution.
+
+Sampling convention: the stride-2 5x5 layer has padding 2, so output sample ``i`` is centred on
+input pixel ``2 i`` (the later layers are stride 1, "same" padding), i.e. :attr:`FeatureNet.stride`
+= 2 and pixel ``x`` of the input is feature coordinate ``x / 2``; :class:`mvfr.hypotheses.ViewFeatures`
+and :func:`mvfr.hypotheses.sample_views` sample with that rule.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ class FeatureNet(nn.Module):
     ``widths`` are the channels of the hidden layers (the first is the stride-2 5x5 layer).
     """
 
+    stride = 2  # output sample i is centred on input pixel stride * i
     MEAN = (0.5, 0.5, 0.5)
     STD = (0.25, 0.25, 0.25)
 
@@ -35,7 +39,7 @@ class FeatureNet(nn.Module):
         if out_channels < 1 or not widths:
             raise ValueError(f"FeatureNet needs out_channels >= 1 and at least one hidden width, got {out_channels}, {widths}")
         self.out_channels = int(out_channels)
-        layers = [_conv_gn_relu(3, widths[0], 5, stride=2)]
+        layers = [_conv_gn_relu(3, widths[0], 5, stride=self.stride)]
         for cin, cout in zip(widths[:-1], widths[1:]):
             layers.append(_conv_gn_relu(cin, cout, 3))
         layers.append(nn.Conv2d(widths[-1], out_channels, 3, padding=1))

@@ -58,7 +58,7 @@ class ImplicitFunction(nn.Module):
     def view_features(self, images: torch.Tensor, dtype: torch.dtype | None = None) -> ViewFeatures:
         """Features of every view, channels-last for sampling (``dtype`` bfloat16: low-precision
         inference; the CNN itself runs in float32, bfloat16 autocast did not make it faster here)."""
-        return ViewFeatures(self.extract(images), dtype)
+        return ViewFeatures(self.extract(images), dtype, stride=self.feature_net.stride)
 
     def score_samples(self, samples: torch.Tensor, vis: torch.Tensor, d_norm: torch.Tensor):
         """``samples [V, M, C]`` sampled features (0 where not visible), ``vis [V, M]`` bool,

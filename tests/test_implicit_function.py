@@ -158,22 +158,59 @@ def test_visibility_behind_camera_and_off_image():
 
 def test_sample_views_matches_grid_sample_reference():
     g = torch.Generator().manual_seed(0)
-    V, C, h, w, W, H = 3, 5, 7, 9, 18, 14
+    V, C, h, w, W, H = 3, 5, 7, 9, 17, 14  # stride 2: ceil(17 / 2) = 9, 14 / 2 = 7
     maps = torch.randn(V, C, h, w, generator=g, dtype=torch.float64)
     pix = torch.rand(V, 300, 2, generator=g, dtype=torch.float64) * torch.tensor([W + 4.0, H + 4.0]) - 2.0  # some off-image
     pix[0, 0] = torch.tensor([0.0, 0.0])  # centre of the top-left pixel
     pix[0, 1] = torch.tensor([W - 0.5, H - 0.5])  # the corner of the extent
     vis = torch.rand(V, 300, generator=g) > 0.3
-    fast = sample_views(ViewFeatures(maps), pix, vis, W, H)
-    ref = sample_image_reference(maps, pix, vis, W, H)
+    fast = sample_views(ViewFeatures(maps, stride=2), pix, vis, W, H)
+    ref = sample_image_reference(maps, pix, vis, W, H, stride=2)
     assert fast.shape == (V, 300, C)
     torch.testing.assert_close(fast, ref, atol=1e-12, rtol=0)
+    # pixel 0 is feature sample 0 exactly
+    torch.testing.assert_close(fast[0, 0], maps[0, :, 0, 0] * vis[0, 0], atol=1e-12, rtol=0)
+    # stride 1 at full size: the same as mvfr.camera.sample_image
+    full = torch.randn(V, C, H, W, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(
+        sample_views(ViewFeatures(full), pix, vis, W, H), sample_image_reference(full, pix, vis, W, H), atol=1e-12, rtol=0
+    )
+    with pytest.raises(ValueError, match="do not cover"):
+        sample_views(ViewFeatures(maps, stride=1), pix, vis, W, H)
     # gradient reaches the feature maps (training path)
     maps32 = maps.float().requires_grad_()
-    sample_views(ViewFeatures(maps32), pix.float(), vis, W, H).sum().backward()
+    sample_views(ViewFeatures(maps32, stride=2), pix.float(), vis, W, H).sum().backward()
     assert maps32.grad is not None and maps32.grad.abs().sum() > 0
     with pytest.raises(ValueError):
         ViewFeatures(maps[0])
+
+
+def test_feature_sampling_follows_the_stride2_conv_centres():
+    """Known answer: FeatureNet's stride-2 5x5 layer with a centred delta kernel copies pixel 2i to
+    output i; on a ramp image (value = x + 10 y) sampling pixel (x, y) must give x + 10 y again.
+    The old rule (output i at pixel 2i + 0.5) read 0.5 px too far left and up (x - 0.5 + 10 (y - 0.5))."""
+    from models.feature_net import FeatureNet
+
+    net = FeatureNet(out_channels=8)
+    first = net.body[0][0]
+    assert first.stride == (FeatureNet.stride, FeatureNet.stride) and first.padding == (2, 2)
+    assert all(m.stride == (1, 1) for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m is not first)
+    H, W = 20, 26
+    yy, xx = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64), indexing="ij")
+    ramp = (xx + 10 * yy)[None, None].expand(1, 3, H, W)
+    delta = torch.zeros(1, 3, 5, 5, dtype=torch.float64)
+    delta[0, 0, 2, 2] = 1.0
+    out = torch.nn.functional.conv2d(ramp, delta, stride=first.stride, padding=first.padding)  # [1, 1, 10, 13]
+    assert out.shape[-2:] == (H // 2, W // 2)
+    pix = torch.tensor([[[7.3, 4.6], [12.0, 9.0], [3.5, 2.25], [18.0, 15.9]]], dtype=torch.float64)
+    vis = torch.ones(1, 4, dtype=torch.bool)
+    got = sample_views(ViewFeatures(out, stride=FeatureNet.stride), pix, vis, W, H)[0, :, 0]
+    torch.testing.assert_close(got, pix[0, :, 0] + 10 * pix[0, :, 1], atol=1e-9, rtol=0)
+    # the implicit function hands its features over with that stride
+    from models.implicit_function import ImplicitFunction
+
+    m = ImplicitFunction(8, [9, 8, 1])
+    assert m.view_features(torch.rand(2, 3, H, W)).stride == 2
 
 
 def test_aggregate_views_known_answer():
@@ -374,7 +411,8 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
 
     m = tiny_model()
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)
-    m(torch.rand(4, 3, 16, 16), *plane_setup()[:1], torch.arange(3), torch.zeros(3))[0].sum().backward()
+    setup, images = plane_setup()[:2]
+    m(images, setup, torch.arange(3), torch.zeros(3))[0].sum().backward()
     opt.step()
     options = argparse.Namespace(mlp_dim=[9, 32, 16, 1], feature_channels=8, lr=1e-3, name="x")
     for step in (10, 20, 30, 40):
