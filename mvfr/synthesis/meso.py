@@ -287,8 +287,8 @@ class _Surface:
         return uv, np.linalg.norm(P - pts, axis=1)
 
     def march(self, uv: np.ndarray, dir3: np.ndarray, length_mm: np.ndarray, step_mm: float = 1.0) -> np.ndarray:
-        """Walk from ``uv [N, 2]`` along the surface, heading along ``dir3 [3]`` (projected onto the tangent
-        plane at every step), for ``length_mm [N]`` mm -> end uvs ``[N, 2]``."""
+        """Walk from ``uv [N, 2]`` along the surface, heading along ``dir3 [3]`` or ``[N, 3]`` (projected onto
+        the tangent plane at every step), for ``length_mm [N]`` mm -> end uvs ``[N, 2]``."""
         uv = np.asarray(uv, np.float64).copy()
         length = np.broadcast_to(np.asarray(length_mm, np.float64), (len(uv),))
         n = int(np.ceil(length.max() / step_mm)) if len(uv) else 0
@@ -653,8 +653,7 @@ def sample_layout(model, identity_vertices: np.ndarray, rng: np.random.Generator
     start, fd = surf.to_uv(p_out + l_out[:, None] * r)
     steps = [start]
     for _ in range(7):  # walk inwards over the lip's surface
-        steps.append(np.stack([surf.march(steps[-1][i : i + 1], -r[i], (l_in[i] + l_out[i]) / 7, step_mm=0.5)[0]
-                               for i in range(n_furrow)]))
+        steps.append(surf.march(steps[-1], -r, (l_in + l_out) / 7, step_mm=0.5))
     fuv = np.stack(steps, 1)
     ok = (fd < 5) & (np.abs(r[:, 0]) < 0.9) & (l_in + l_out > 1.0)
     b.curves(fuv[ok], rng.uniform(0.05, 0.1, ok.sum()), -rng.uniform(0.03, 0.08, ok.sum()) * (0.8 + 0.5 * age),
