@@ -97,7 +97,7 @@ def add_reg_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reg_resume", type=str, default="auto", help="auto = newest checkpoint in DATA/checkpoints/reg, none = start afresh, or a path")
     g.add_argument("--reg_init", type=str, default=None, help="start from these weights (step 0), e.g. a checkpoint pre-trained on synthetic volumes; ignored when resuming")
     g.add_argument("--reg_tile", type=int, default=64, help="inference tile side, in texels (bounds memory)")
-    g.add_argument("--reg_overlap", type=int, default=16, help="extra texels on each side of an inference tile")
+    g.add_argument("--reg_overlap", type=int, default=16, help="extra texels on each side of an inference tile (raised to the U-Net's receptive radius, so tiles equal whole-volume inference)")
 
 
 def add_tex_options(p: argparse.ArgumentParser) -> None:

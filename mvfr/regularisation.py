@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 DEFAULT_CROP = 32  # training patch side, in texels
 DEFAULT_TILE = 64  # inference tile side (interior), in texels
-DEFAULT_OVERLAP = 16  # inference tile margin on each side, in texels
+DEFAULT_OVERLAP = 16  # inference tile margin on each side, in texels (raised to the receptive radius)
 
 
 # ------------------------------------------------------------------------------------ conversions
@@ -185,11 +185,34 @@ def reg_loss(pred_steps: torch.Tensor, target_steps: torch.Tensor, valid: torch.
 # -------------------------------------------------------------------------------------- inference
 
 
-def _tiles(size: int, tile: int) -> list[int]:
-    starts = list(range(0, max(size - tile, 0) + 1, tile))
-    if starts[-1] + tile < size:
-        starts.append(size - tile)
-    return starts
+def receptive_radius(model: torch.nn.Module) -> int:
+    """Texels on each side of an output texel that can influence it (H and W; exact upper bound).
+
+    For :class:`models.reg_net.RegNet3D` with ``L`` levels: the stem's two 3x3 convolutions (2), per
+    level down a stride-2 and a stride-1 convolution at spacing ``2^k`` (``3 * 2^k``), per level up a
+    transposed convolution and a fusing convolution at spacing ``2^k`` (``2 * 2^k``), and the head
+    (1): ``3 + 5 * (2^L - 1)`` (38 for L = 3). Tested against the impulse response.
+    """
+    levels = int(getattr(model, "levels", 0))
+    if levels < 1:
+        raise ValueError("receptive_radius needs a RegNet3D (an attribute 'levels' >= 1)")
+    return 3 + 5 * (2**levels - 1)
+
+
+def tiling_plan(size: int, tile: int, overlap: int, multiple: int, radius: int) -> tuple[int, int, list[int]]:
+    """Tile side, halo and tile origins along one axis of ``size`` texels, for exact tiled inference.
+
+    The tile side is rounded up to a multiple of ``multiple`` (the network's total down-sampling
+    factor, ``2 ** levels``), so every tile origin is one too and each window's stride-2 grids
+    coincide with the whole volume's; the halo is ``max(overlap, radius)`` rounded up to a multiple
+    of ``multiple`` (a requested overlap below the receptive radius is raised: a smaller one changes
+    the result). Returns ``(tile, halo, starts)``; the last tile may be cut off at ``size``.
+    """
+    if size < 1 or tile < 1 or overlap < 0 or multiple < 1 or radius < 0:
+        raise ValueError(f"bad tiling request: size {size}, tile {tile}, overlap {overlap}, multiple {multiple}, radius {radius}")
+    tile = -(-int(tile) // multiple) * multiple
+    halo = -(-max(int(overlap), int(radius)) // multiple) * multiple
+    return tile, halo, list(range(0, size, tile))
 
 
 @torch.no_grad()
@@ -204,27 +227,36 @@ def predict_steps(
     """Regularised displacement, in steps, of a whole score volume, tile by tile.
 
     ``volume [D, S, S]``, ``mask [S, S]`` bool -> ``[S, S]`` float32 steps (0 outside the mask).
-    Each ``tile x tile`` block is predicted from a window with ``overlap`` extra texels on every
-    side (clamped at the borders), so the result does not depend on the tiling as long as the
-    overlap covers the network's useful receptive field. Peak memory ~ one window of
-    ``D x (tile + 2 overlap)^2`` voxels times the network width.
+    Each ``tile x tile`` block is predicted from a window with a halo of extra texels on every side
+    (clamped at the volume's borders). The result equals whole-volume inference (to float rounding,
+    tested at the default 64 / 16): the halo is at least the network's receptive radius
+    (:func:`receptive_radius`, 38 texels for 3 levels; ``overlap`` below it is raised) and tile
+    origins and halo are multiples of the U-Net's down-sampling factor ``2 ** levels``
+    (:func:`tiling_plan`), so each window's pooling grid is the whole volume's. Peak memory ~ one
+    window of ``D x (tile + 2 halo)^2`` voxels times the network width (201 x 144 x 144 at 64 / 16
+    with 3 levels).
     """
     D, S, S2 = volume.shape
     if S != S2 or mask.shape != (S, S):
         raise ValueError(f"volume {volume.shape} and mask {mask.shape} do not agree (expected [D, S, S] and [S, S])")
     model.eval()
     out = np.zeros((S, S), dtype=np.float32)
-    tile = min(tile, S)
-    for i0 in _tiles(S, tile):
-        for j0 in _tiles(S, tile):
-            if not mask[i0 : i0 + tile, j0 : j0 + tile].any():
+    levels = int(getattr(model, "levels", 0))
+    if levels >= 1:
+        tile, halo, starts = tiling_plan(S, min(tile, S), overlap, 2**levels, receptive_radius(model))
+    else:  # any other local network: the caller's overlap, plain tiling
+        tile, halo, starts = min(tile, S), int(overlap), list(range(0, S, min(tile, S)))
+    for i0 in starts:
+        for j0 in starts:
+            i1, j1 = min(i0 + tile, S), min(j0 + tile, S)
+            if not mask[i0:i1, j0:j1].any():
                 continue
-            a0, a1 = max(i0 - overlap, 0), min(i0 + tile + overlap, S)
-            b0, b1 = max(j0 - overlap, 0), min(j0 + tile + overlap, S)
+            a0, a1 = max(i0 - halo, 0), min(i1 + halo, S)
+            b0, b1 = max(j0 - halo, 0), min(j1 + halo, S)
             v = torch.from_numpy(np.ascontiguousarray(volume[:, a0:a1, b0:b1], dtype=np.float32))[None].to(device)
             m = torch.from_numpy(np.ascontiguousarray(mask[a0:a1, b0:b1]))[None].to(device)
             steps = soft_argmax(model(v, m), dim=1)[0].cpu().numpy()
-            out[i0 : i0 + tile, j0 : j0 + tile] = steps[i0 - a0 : i0 - a0 + tile, j0 - b0 : j0 - b0 + tile]
+            out[i0:i1, j0:j1] = steps[i0 - a0 : i1 - a0, j0 - b0 : j1 - b0]
     out[~mask] = 0.0
     return out
 
