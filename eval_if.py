@@ -38,6 +38,25 @@ from options import parse_options
 
 log = logging.getLogger("eval_if")
 FORMAT = "mvfr-implicit-function-v1"
+RESOLUTION_TOLERANCE = 1.5  # warn when the processed images' long side differs from the training one by more than this factor
+
+
+def resolution_warning(train_options: dict, long_side: int, fid: str) -> str | None:
+    """A warning when ``long_side`` (pixels, the processed images of ``fid``) differs from the
+    checkpoint's training resolution (``train_options["image_long_side"]``, what train_if.py
+    measured on its data) by more than :data:`RESOLUTION_TOLERANCE` either way; else None.
+    The features are learnt at one scale: a face at twice the pixels per mm looks different to them."""
+    trained = train_options.get("image_long_side")
+    if not trained or not long_side:
+        return None
+    ratio = float(long_side) / float(trained)
+    if max(ratio, 1.0 / ratio) <= RESOLUTION_TOLERANCE:
+        return None
+    return (
+        f"face {fid}: processed images are {long_side} px (long side) but the implicit function was trained on "
+        f"{trained} px images ({ratio:.2f}x); rerun preprocess_images.py --image_long_side {trained} for the "
+        f"checkpoint's accuracy"
+    )
 
 
 def load_model(path: str, device: str):
@@ -112,7 +131,11 @@ def main() -> int:
             log.warning("--%s %s differs from the %s the checkpoint was trained with", key, getattr(opt, key), train_opts[key])
 
     def process(fid: str) -> None:
-        face = load_face_inputs(folder, opt.split, fid, opt.d_size, opt.interval_scale, with_gt=False)
+        face = load_face_inputs(folder, opt.split, fid, opt.d_size, opt.interval_scale, with_gt=False,
+                                max_views=opt.if_view_num)
+        warning = resolution_warning(train_opts, face.image_long_side, fid)
+        if warning:
+            log.warning(warning)
         out = run_face(model, face, opt.search, opt.num_sample, device, strides=opt.c2f_strides, peaks=opt.c2f_peaks,
                        rounds=opt.c2f_rounds)
         save_npy(folder.volume(opt.split, fid), out["volume"].astype(np.float16))

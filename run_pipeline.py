@@ -58,13 +58,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--from", dest="start", default=None, help="first stage to run (a stage name)")
     p.add_argument("--to", dest="stop", default=None, help="last stage to run (a stage name)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="compute device of every stage")
-    p.add_argument("--image_long_side", type=int, default=1296,
-                   help="long side of the processed images, in pixels (the shipped checkpoints were trained at 648)")
+    p.add_argument("--image_long_side", type=int, default=None,
+                   help="long side of the processed images, in pixels (default: the resolution the IF checkpoint "
+                        "was trained at, stored in it: 648 for the shipped one)")
     p.add_argument("--overwrite", action="store_true", help="recompute outputs that exist")
     p.add_argument("--ids", nargs="*", default=None, help="only these face ids (PPP_EE)")
     p.add_argument("--demo", action="store_true", help="synthesise demo_data/raw, run the eval chain into demo_data/data")
     p.add_argument("--demo_dir", default="demo_data", help="where --demo writes")
     return p.parse_args(argv)
+
+
+SHIPPED_IF_CHECKPOINT = ROOT / "predefine_data" / "checkpoint_if.pt"
+FALLBACK_IMAGE_LONG_SIDE = 1296  # the paper's setting, when no checkpoint says otherwise
+
+
+def checkpoint_image_long_side(path: Path = SHIPPED_IF_CHECKPOINT) -> int:
+    """The processed-image long side (pixels) an IF checkpoint was trained at (its stored
+    ``options["image_long_side"]``, measured by train_if.py); the paper's 1296 without one."""
+    try:
+        import torch
+
+        return int(torch.load(path, map_location="cpu", weights_only=True)["options"]["image_long_side"])
+    except (OSError, KeyError, TypeError, ValueError, RuntimeError):
+        return FALLBACK_IMAGE_LONG_SIDE
 
 
 def select_stages(stages, start, stop):
@@ -136,6 +152,8 @@ def demo(opt: argparse.Namespace) -> int:
 
 def main(argv=None) -> int:
     opt = parse_args(argv)
+    if opt.image_long_side is None:
+        opt.image_long_side = checkpoint_image_long_side()
     return demo(opt) if opt.demo else run(opt)
 
 

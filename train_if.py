@@ -139,6 +139,26 @@ def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, faces: li
     return {"loss": (distributed.all_reduce_sum(total) / per_step).item(), "face": ",".join(faces[k].face_id for k in batch)}
 
 
+def training_settings(opt, faces: list[FaceInputs]):
+    """The options stored in the checkpoints: ``opt`` with the settings the training data really had.
+
+    ``image_long_side`` is the long side of the processed training images (read from their
+    params.json through :func:`load_face_inputs`, the median over faces), not the option's default:
+    preprocess_images.py, not train_if.py, sets the resolution. ``if_view_num`` is the most views a
+    face was trained with. eval_if.py warns when its images differ from ``image_long_side`` by more
+    than :data:`eval_if.RESOLUTION_TOLERANCE`.
+    """
+    import argparse
+
+    sides = sorted(int(f.image_long_side) for f in faces if f.image_long_side)
+    values = dict(vars(opt))
+    if sides:
+        values["image_long_side"] = sides[len(sides) // 2]
+        values["training_image_long_sides"] = [sides[0], sides[-1]]
+    values["if_view_num"] = max((len(f.views) for f in faces), default=opt.if_view_num) or opt.if_view_num
+    return argparse.Namespace(**values)
+
+
 def main() -> int:
     argv = sys.argv[1:]
     opt = parse_options("train_if", argv)
@@ -155,7 +175,8 @@ def main() -> int:
     faces = []
     for fid in tqdm(ids, desc="load faces", unit="face", file=sys.stderr, disable=not is_main):
         try:
-            f = load_face_inputs(folder, opt.split, fid, opt.d_size, opt.interval_scale, with_gt=True)
+            f = load_face_inputs(folder, opt.split, fid, opt.d_size, opt.interval_scale, with_gt=True,
+                                 max_views=opt.if_view_num)
         except FACE_ERRORS as exc:
             log.error("face %s skipped: %s", fid, exc)
             continue
@@ -168,6 +189,8 @@ def main() -> int:
         distributed.cleanup()
         return 1
 
+    trained = training_settings(opt, faces)
+    log.info("training data: processed images of %s px (long side), up to %s views", trained.image_long_side, trained.if_view_num)
     model = build_implicit_function(vars(opt)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=opt.if_learning_rate)
     ckpt_dir = folder.checkpoint_dir("if")
@@ -190,7 +213,7 @@ def main() -> int:
         logger.log(step=step, epoch=epoch, seconds=time.time() - t0, **record)
         bar.set_postfix(loss=f"{record['loss']:.4f}", epoch=epoch)
         if step % SAVE_EVERY == 0 or step % spe == 0:  # and at the end of every epoch
-            save_checkpoint(checkpoint_path(ckpt_dir, step), model, optimizer, step, step // spe, opt, FORMAT)
+            save_checkpoint(checkpoint_path(ckpt_dir, step), model, optimizer, step, step // spe, trained, FORMAT)
             prune_checkpoints(ckpt_dir, keep=3)
         if step % SAVE_EVERY == 0:
             plot_loss_curve(read_jsonl(log_path), folder.log_dir("if") / "loss.png", title="implicit function")
@@ -198,7 +221,7 @@ def main() -> int:
     if is_main:
         plot_loss_curve(read_jsonl(log_path), folder.log_dir("if") / "loss.png", title="implicit function")
         final = ckpt_dir / "checkpoint_if.pt"
-        save_checkpoint(final, model, None, step, step // spe, opt, FORMAT)
+        save_checkpoint(final, model, None, step, step // spe, trained, FORMAT)
         print(f"trained {step} steps ({step // spe} epochs); weights: {final} (copy to predefine_data/checkpoint_if.pt to ship)")
     distributed.cleanup()
     return 0

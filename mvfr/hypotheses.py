@@ -680,6 +680,8 @@ class FaceInputs:
     step: float
     gt_steps: np.ndarray | None = None
     train_texels: np.ndarray | None = None
+    image_long_side: int = 0  # long side of the processed (uncropped) images, in pixels: max over the views used
+    views: tuple[str, ...] = ()  # the views used (mvfr.capture.load_capture with max_views=--if_view_num)
 
 
 SEARCH_RIM_TEXELS = 4  # at S = 256: how far the searched region reaches beyond the facial mask's outline
@@ -712,11 +714,16 @@ def search_mask(pos_map: np.ndarray, norm_map: np.ndarray) -> np.ndarray:
     return covered & search_region(S)
 
 
-def load_face_inputs(folder, split: str, fid: str, d_size: int, interval_scale_mm: float, with_gt: bool, margin_px: int = 16) -> FaceInputs:
+def load_face_inputs(
+    folder, split: str, fid: str, d_size: int, interval_scale_mm: float, with_gt: bool, margin_px: int = 16,
+    max_views: int | None = None,
+) -> FaceInputs:
     """Read maps, base mesh, processed images and cameras of ``fid`` and build its :class:`FaceInputs`.
 
     ``interval_scale_mm`` is the hypothesis step in mm (converted with the face's mm_per_unit);
-    ``with_gt`` also reads ``mv_map``/``valid_map`` of ``split`` (training).
+    ``with_gt`` also reads ``mv_map``/``valid_map`` of ``split`` (training). ``max_views``
+    (``--if_view_num``) caps the views with the rule every stage uses (:func:`mvfr.capture.load_capture`:
+    the first valid views in select_dict order), so gen_maps, eval_if, train_if and gen_tex see the same views.
     """
     from mvfr.capture import load_capture
     from mvfr.datafolder import DataError
@@ -733,14 +740,15 @@ def load_face_inputs(folder, split: str, fid: str, d_size: int, interval_scale_m
     mask = search_mask(pos_map, norm_map)
     if not mask.any():
         raise DataError(f"face {fid}: no texel of {folder.map(split, 'norm_map', fid)} is covered inside the facial mask")
-    capture = load_capture(folder, fid)
+    capture = load_capture(folder, fid, max_views=max_views)
     step = interval_scale_mm / capture.mm_per_unit
     search_units = step * (d_size - 1) / 2.0
     base = read_obj(folder.fit_mesh(fid))
     origins, W, H = face_crops(pos_map, norm_map, mask, capture.cameras, search_units, margin_px)
     images, K, Rt = crop_views(capture.images, capture.cameras, origins, W, H)
     setup = build_face_hypotheses(pos_map, norm_map, mask, K, Rt, W, H, d_size, step, base.vertices, base.faces)
-    out = FaceInputs(fid, images, setup, mask, pos_map, norm_map, capture.mm_per_unit, step)
+    out = FaceInputs(fid, images, setup, mask, pos_map, norm_map, capture.mm_per_unit, step,
+                     image_long_side=max(max(c.width, c.height) for c in capture.cameras), views=tuple(capture.views))
     if with_gt:
         mv = need("mv_map").astype(np.float64)
         valid = need("valid_map").astype(bool)
