@@ -51,7 +51,7 @@ from mvfr.synthesis import ict
 SURFACE = 0.03
 BASE = np.array([0.80, 0.66, 0.57])
 K_MELANIN = np.array([1.0, 1.35, 1.7])
-K_HAEMOGLOBIN = np.array([0.06, 0.50, 0.32])
+K_HAEMOGLOBIN = np.array([0.04, 0.46, 0.44])
 K_CAROTENE = np.array([0.0, 0.06, 0.40])
 ITA_BANDS = {1: (55.0, 66.0), 2: (41.0, 55.0), 3: (28.0, 41.0), 4: (10.0, 28.0), 5: (-30.0, 10.0), 6: (-62.0, -30.0)}
 
@@ -62,8 +62,8 @@ HEAD_TILE_PARTS = ("head", "mouth_socket", "eye_socket_left", "eye_socket_right"
 
 IRIS_COLORS = {  # linear RGB of the iris stroma (mid radius)
     "dark_brown": (0.045, 0.022, 0.011), "brown": (0.10, 0.048, 0.020), "amber": (0.20, 0.10, 0.030),
-    "hazel": (0.14, 0.10, 0.042), "green": (0.10, 0.13, 0.065), "blue": (0.10, 0.15, 0.22),
-    "grey": (0.17, 0.19, 0.21),
+    "hazel": (0.12, 0.085, 0.036), "green": (0.075, 0.10, 0.05), "blue": (0.06, 0.10, 0.17),
+    "grey": (0.10, 0.115, 0.13),
 }
 HAIR_COLORS = {  # linear RGB
     "black": (0.014, 0.011, 0.009), "dark_brown": (0.032, 0.020, 0.012), "brown": (0.075, 0.045, 0.024),
@@ -147,7 +147,7 @@ class SkinParams:
     moles: int
     hair_color: tuple
     hair_name: str
-    hairline_mm: float  # front hairline height above the brows
+    hairline_mm: float  # front hairline height above the brows (vertical)
     receding: float  # temple recession (0 none .. 1 strong)
     sideburn_mm: float  # how far the sideburns reach below the eyes' height
     oiliness: float  # T-zone specular level
@@ -163,7 +163,7 @@ class SkinParams:
     @property
     def lip_rgb(self) -> np.ndarray:
         """Linear RGB of the lips' centre."""
-        return chromophore_albedo(self.melanin * self.lip_melanin, self.haemoglobin + self.lip_haemoglobin, self.carotene)
+        return chromophore_albedo(self.melanin * self.lip_melanin, self.haemoglobin + self.lip_haemoglobin, 0.0)
 
 
 def _pick(rng, table: dict, weights: dict) -> str:
@@ -196,10 +196,10 @@ def sample_skin(rng: np.random.Generator) -> SkinParams:
     return SkinParams(
         seed=int(rng.integers(0, 2**31 - 1)), fitzpatrick=ftype, ita=ita, melanin=mel, haemoglobin=hb, carotene=car,
         lip_melanin=float(rng.uniform(0.45, 0.75) + 0.2 * (1 - light)),
-        lip_haemoglobin=float(rng.uniform(0.9, 1.6) * (0.8 + 0.2 * light)),
+        lip_haemoglobin=float(rng.uniform(0.85, 1.45)),
         cheek_redness=float(rng.uniform(0.05, 0.45) * (0.4 + 0.6 * light)),
         nose_redness=float(rng.uniform(0.05, 0.4) * (0.4 + 0.6 * light)),
-        under_eye=float(rng.uniform(0.1, 0.6)), mottling=float(rng.uniform(0.05, 0.14)),
+        under_eye=float(rng.uniform(0.1, 0.6)), mottling=float(rng.uniform(0.03, 0.08)),
         fine_variation=float(rng.uniform(0.045, 0.08)),
         brow_color=tuple(float(c) for c in brow), brow_density=float(rng.uniform(0.55, 1.0) * (1.0 if male else 0.85)),
         brow_thickness_mm=float(rng.uniform(8.0, 12.0) if male else rng.uniform(6.0, 10.0)),
@@ -207,9 +207,9 @@ def sample_skin(rng: np.random.Generator) -> SkinParams:
         freckles=float(rng.choice([0.0, rng.uniform(0.5, 8.0)], p=[1 - 0.6 * light**2, 0.6 * light**2])),
         moles=int(rng.poisson(1.0 + 3.0 * light)),
         hair_color=tuple(float(c) for c in hair), hair_name=hair_name,
-        hairline_mm=float(rng.uniform(48.0, 62.0) + (rng.uniform(0, 18) if male and rng.random() < 0.35 else 0.0)),
+        hairline_mm=float(rng.uniform(38.0, 50.0) + (rng.uniform(0, 18) if male and rng.random() < 0.35 else 0.0)),
         receding=float(rng.uniform(0.3, 1.0) if male else rng.uniform(0.0, 0.3)),
-        sideburn_mm=float(rng.uniform(2.0, 22.0) if male else rng.uniform(-12.0, 2.0)),
+        sideburn_mm=float(rng.uniform(5.0, 25.0) if male else rng.uniform(-8.0, 5.0)),
         oiliness=float(rng.uniform(0.2, 1.0)), iris_color=tuple(float(c) for c in iris), iris_name=iris_name,
         sclera_tint=tuple(float(c) for c in sclera),
     )
@@ -346,6 +346,16 @@ class _Fields:
             lid = np.maximum(lid, _gauss(P, e + np.array([0.0, 7.5, 0.0]), (11.0, 4.0, 8.0)))
         self.under_eye = ue
         self.lid = lid
+        # brows: distance to the brow landmark polylines (2.5 mm below them, where the hair is densest)
+        bd = np.full(x.shape, 1e9, np.float32)
+        for ids in (list(range(17, 22)), list(range(22, 27))):
+            pts = L[ids] + np.array([0.0, -2.5, 0.0])
+            for a_, b_ in zip(pts[:-1], pts[1:]):
+                a32, ab = a_.astype(np.float32), (b_ - a_).astype(np.float32)
+                tt = np.clip(((P - a32) @ ab) / float(ab @ ab), 0, 1)
+                dd = P - (a32 + tt[..., None] * ab)
+                bd = np.minimum(bd, np.einsum("...k,...k->...", dd, dd))
+        self.brow = (1 - _smoothstep(0.3, 1.0, np.sqrt(bd) / (0.5 * skin.brow_thickness_mm))).astype(np.float32)
         self.chin = _gauss(P, chin + np.array([0.0, 10.0, 0.0]), (16.0, 12.0, 12.0))
         self.forehead = _gauss(P, np.array([0.0, brow_y + 25.0, L[27][2] - 8.0]), (32.0, 22.0, 25.0))
         self.ear = _smoothstep(70.0, 78.0, np.abs(x)) * _smoothstep(-30.0, -18.0, y) * (1 - _smoothstep(45.0, 65.0, y)) \
@@ -363,22 +373,22 @@ class _Fields:
         phi = np.degrees(np.abs(np.arctan2(x, z - 15.0)))
         yF = brow_y + skin.hairline_mm
         rec = skin.receding
-        keys = np.array([0.0, 22.0, 40.0, 52.0, 60.0, 66.0, 71.0, 78.0, 100.0, 118.0, 140.0, 180.0])
-        vals = np.array([yF, yF + 4 + 12 * rec, yF - 4 + 10 * rec, brow_y + 22.0, brow_y + 8.0, eye_y - 2.0,
-                         eye_y - skin.sideburn_mm, brow_y + 6.0, brow_y + 4.0, eye_y - 10.0, eye_y - 55.0, eye_y - 72.0])
-        y_hl = np.interp(phi, keys, vals) + 2.5 * edge
+        keys = np.array([0.0, 20.0, 38.0, 52.0, 66.0, 76.0, 82.0, 87.0, 95.0, 108.0, 118.0, 135.0, 180.0])
+        vals = np.array([yF, yF + 3 + 12 * rec, yF - 4 + 10 * rec, brow_y + 18 + 8 * rec, brow_y + 8, eye_y + 4,
+                         eye_y - skin.sideburn_mm, eye_y + 8, eye_y + 12, eye_y + 12, eye_y - 5, eye_y - 40, eye_y - 78])
+        y_hl = np.interp(phi, keys, vals) + 2.0 * edge
         self.hair = _smoothstep(-1.5, 3.5, y - y_hl).astype(np.float32)
         self.hair_y = (y - y_hl).astype(np.float32)
         # beard zone: below a line from the sideburn over the cheek to the nose base
         ax = np.abs(x)
         y_top = np.interp(ax, [0.0, 16.0, 24.0, 34.0, 48.0, 62.0, 72.0],
-                          [nose_base[1] - 1.5, nose_base[1] - 1.0, mouth[1] + 4.0, mouth[1] + 10.0, mouth[1] + 22.0,
-                           eye_y - 16.0, eye_y - 12.0])
+                          [nose_base[1] - 1.5, nose_base[1] - 1.0, mouth[1] + 4.0, mouth[1] + 9.0, mouth[1] + 15.0,
+                           eye_y - 22.0, eye_y - 14.0])
         top = 1 - _smoothstep(-4.0, 3.0, y - y_top)
         bottom = _smoothstep(-8.0, 0.0, y - (np.minimum(jaw_y, chin[1]) - 42.0 + 20.0 * _smoothstep(30.0, 70.0, ax)))
         not_ear = np.maximum(1 - _smoothstep(68.0, 74.0, ax), _smoothstep(38.0, 46.0, z))
         self.beard_zone = (top * bottom * not_ear * _smoothstep(-15.0, 15.0, z)).astype(np.float32)
-        self.beard_patch = _smoothstep(-1.2, 0.6, patch).astype(np.float32)
+        self.beard_patch = _smoothstep(-2.2, 0.0, patch).astype(np.float32)
         self.freckle_zone = (np.maximum(_gauss(P, np.array([0.0, nose_tip[1] + 12.0, nose_tip[2] - 10.0]), (38.0, 22.0, 30.0)),
                                         0.4 * self.forehead) * front).astype(np.float32)
         self.eye_y, self.brow_y = eye_y, brow_y
@@ -424,7 +434,7 @@ def _octave_noise(rng: np.random.Generator, size: int, mm_per_texel: float, octa
     return out
 
 
-FINE_OCTAVES = ((0.03, 0.45), (0.06, 0.55), (0.12, 0.5), (0.25, 0.4), (0.6, 0.35), (1.5, 0.3))  # (sigma mm, weight)
+FINE_OCTAVES = ((0.03, 0.45), (0.06, 0.55), (0.12, 0.5), (0.25, 0.35), (0.6, 0.2), (1.5, 0.12))  # (sigma mm, weight)
 
 
 def _fine_octaves(std: float) -> list[tuple[float, float]]:
@@ -466,7 +476,7 @@ def _brow_layer(t: _Tile, skin: SkinParams, rng, res: int, px_mm: float) -> np.n
         poly = np.concatenate([centre + nrm * (0.5 * thick[:, None]), (centre - nrm * (0.5 * thick[:, None]))[::-1]])
         cv2.fillPoly(band, [np.round(poly * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
         area_mm2 = float(np.sum(thick * px_mm) * np.linalg.norm(np.diff(spine, axis=0), axis=1).sum() / len(tt) * px_mm)
-        n = int(area_mm2 * 1.3 * skin.brow_density)
+        n = int(area_mm2 * 2.2 * skin.brow_density)
         u = rng.random(n) ** 1.15  # a little denser medially
         k = np.clip((u * (len(tt) - 1)).astype(int), 0, len(tt) - 1)
         across = rng.normal(0, 0.28, n).clip(-0.55, 0.55)
@@ -484,15 +494,15 @@ def _brow_layer(t: _Tile, skin: SkinParams, rng, res: int, px_mm: float) -> np.n
         _draw_strokes(canvas, pts, int(255 * op))
     band = cv2.GaussianBlur(band, (0, 0), max(1.2 / px_mm, 0.7))
     a = canvas.astype(np.float32) / 255.0
-    a = np.maximum(a, band * skin.brow_density * (0.22 + 0.5 * (1 - op)))
+    a = np.maximum(a, band * skin.brow_density * (0.35 + 0.45 * (1 - op)))
     return np.clip(a * (0.75 + 0.25 * skin.brow_density), 0, 1)
 
 
 def _stubble_layer(zone: np.ndarray, skin: SkinParams, rng, res: int, px_mm: float, tile_area_mm2: float) -> np.ndarray:
-    """Stubble hair alpha ``[res, res]``: short strokes at ~0.5 hairs per mm^2 inside ``zone``."""
+    """Stubble hair alpha ``[res, res]``: short strokes, about 1.1 hairs per mm^2 where ``zone`` is 1."""
     canvas = np.zeros((res, res), np.uint8)
     area = float(zone.mean()) * tile_area_mm2
-    n = int(area * 0.55 * min(1.0, skin.beard * 1.2))
+    n = int(area * 1.1)
     if n == 0:
         return canvas.astype(np.float32)
     zr = zone.shape[0]
@@ -502,7 +512,7 @@ def _stubble_layer(zone: np.ndarray, skin: SkinParams, rng, res: int, px_mm: flo
     scale = res / zr
     root = np.stack([(xx + rng.random(n)) * scale, (yy + rng.random(n)) * scale], 1) - 0.5
     ang = rng.normal(np.pi / 2, 0.5, n)  # beard hair grows downward (rows increase)
-    ln = rng.uniform(0.25, 0.8, n) / px_mm
+    ln = rng.uniform(0.15, 0.3 + 0.5 * skin.beard, n) / px_mm
     d = np.stack([np.cos(ang), np.sin(ang)], 1)
     pts = np.stack([root, root + d * ln[:, None]], 1)
     op = min(1.0, 1.6 * 0.1 / px_mm)
@@ -536,25 +546,29 @@ def _skin_linear(f: _Fields, skin: SkinParams, rng, size: int, tile: int) -> tup
            + 0.08 * f.chin + 0.06 * f.lid - 0.06 * f.neck + 0.05 * f.mottle_h * (1 + 2 * f.cheek))
     M *= up(1.0 + 0.35 * skin.under_eye * f.under_eye + 0.10 * f.lid - 0.08 * f.neck)
     # mid-scale chromophore noise (0.3-3 mm), so the base carries chroma variation too
-    mid = _octave_noise(rng, r, mm_tex, [(0.35, 0.05), (1.2, 0.05), (3.0, 0.05)])
+    mid = _octave_noise(rng, r, mm_tex, [(0.35, 0.03), (1.2, 0.025), (3.0, 0.02)])
     M *= np.exp(mid)
-    H += _octave_noise(rng, r, mm_tex, [(0.5, 0.03), (2.0, 0.03)])
+    H += _octave_noise(rng, r, mm_tex, [(0.5, 0.02), (2.0, 0.02)])
     lip = np.zeros((r, r), np.float32)
     if tile == 0:
         lip = _lip_mask(t, r, mm_tex)
         lip_in = cv2.GaussianBlur(lip, (0, 0), 1.2 / mm_tex)
         M = M * (1 - lip) + lip * M * skin.lip_melanin * (1.0 + 0.25 * (1 - lip_in))  # darker at the border
-        H = H + lip * skin.lip_haemoglobin * (0.75 + 0.25 * lip_in)
-        _add_freckles_moles(M, f, skin, rng, r, mm_tex)
-    C = skin.carotene * up(1.0 + 0.3 * f.forehead)
+        # vertical lip lines (colour streaks along v) and a darker, browner border
+        streak = rng.random((r, r), dtype=np.float32) - 0.5
+        streak = cv2.GaussianBlur(streak, (0, 0), sigmaX=max(0.25 / mm_tex, 0.5), sigmaY=max(1.5 / mm_tex, 0.5))
+        streak /= float(streak[::4, ::4].std()) + 1e-6
+        H = H + lip * skin.lip_haemoglobin * (0.75 + 0.25 * lip_in + 0.06 * streak)
+        _add_freckles_moles(M, f, skin, rng, r, mm_tex, lip)
+    C = skin.carotene * up(1.0 + 0.3 * f.forehead) * (1 - lip)
     lin = chromophore_albedo(M, H, C)
     # under-eye violet shadow and beard shadow (hair under the skin)
     ue = up(skin.under_eye * f.under_eye)[..., None]
     lin *= 1 - 0.12 * ue * np.array([1.0, 1.0, 0.6], np.float32)
-    beard = up(skin.beard * f.beard_zone * (0.55 + 0.45 * f.beard_patch))
+    beard = up(skin.beard * f.beard_zone * (0.7 + 0.3 * f.beard_patch))
     beard *= 1 - lip
     shadow = np.array(skin.hair_color, np.float32) / max(np.max(skin.hair_color), 1e-3)
-    tint = 1 - 0.28 * beard[..., None] * (1 - 0.45 * shadow) * np.array([1.0, 0.92, 0.8], np.float32)
+    tint = 1 - 0.2 * beard[..., None] * (1 - 0.45 * shadow) * np.array([1.0, 0.92, 0.8], np.float32)
     lin *= tint
     return lin, lip, beard
 
@@ -578,8 +592,8 @@ def _lip_mask(t: _Tile, r: int, mm_tex: float) -> np.ndarray:
     return cv2.GaussianBlur(m, (0, 0), max(0.45 / mm_tex, 0.5))
 
 
-def _add_freckles_moles(M: np.ndarray, f: _Fields, skin: SkinParams, rng, r: int, mm_tex: float) -> None:
-    zone = _up(f.freckle_zone * f.is_face, r)
+def _add_freckles_moles(M: np.ndarray, f: _Fields, skin: SkinParams, rng, r: int, mm_tex: float, lip: np.ndarray) -> None:
+    zone = _up(f.freckle_zone * f.is_face, r) * (1 - lip)
     tile_mm2 = (f.t.mm_per_uv**2)
     zf = np.clip(zone.ravel().astype(np.float64), 0.0, None)
     zs = zf.sum()
@@ -587,13 +601,15 @@ def _add_freckles_moles(M: np.ndarray, f: _Fields, skin: SkinParams, rng, r: int
         n = int(skin.freckles * float(zone.mean()) * tile_mm2 / 100.0)  # per cm^2 -> count
         n = min(n, 6000)
         idx = rng.choice(len(zf), size=n, p=zf / zs)
-        spots = np.zeros((r, r), np.float32)
-        np.add.at(spots.ravel(), idx, rng.uniform(0.3, 1.0, n).astype(np.float32))
-        for sig_mm in (0.5, 1.0):
-            g = cv2.GaussianBlur(spots, (0, 0), max(sig_mm / mm_tex, 0.6)) * np.float32(2 * np.pi * max(sig_mm / mm_tex, 0.6) ** 2)
-            M += g * np.float32(0.5 * skin.melanin + 0.25)
+        cls = rng.integers(0, 3, n)
+        for k, sig_mm in enumerate((0.3, 0.55, 0.9)):
+            sp = np.zeros((r, r), np.float32)
+            np.add.at(sp.ravel(), idx[cls == k], rng.uniform(0.3, 1.0, int((cls == k).sum())).astype(np.float32))
+            sg = max(sig_mm / mm_tex, 0.6)
+            g = cv2.GaussianBlur(sp, (0, 0), sg) * np.float32(2 * np.pi * sg * sg)
+            M += g * np.float32(0.35 * skin.melanin + 0.18)
     if skin.moles > 0:
-        face = _up(f.is_face.astype(np.float32) * (1 - f.hair) * (0.3 + f.freckle_zone + f.neck), r).ravel().astype(np.float64).clip(0, None)
+        face = (_up(f.is_face.astype(np.float32) * (1 - f.hair) * (0.3 + f.freckle_zone + f.neck), r) * (1 - lip)).ravel().astype(np.float64).clip(0, None)
         idx = rng.choice(len(face), size=skin.moles, p=face / face.sum())
         spots = np.zeros((r, r), np.float32)
         for i in idx:
@@ -614,7 +630,9 @@ def _blend(img: np.ndarray, alpha: np.ndarray, color) -> None:
     sl = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     a = alpha[sl][..., None]
     c = color[sl] if isinstance(color, np.ndarray) and color.ndim == 3 else np.asarray(color, np.float32)
-    img[sl] = img[sl] * (1 - a) + a * c
+    d = c - img[sl]
+    d *= a
+    img[sl] += d
 
 
 _FIELD_CACHE: dict = {}
@@ -651,16 +669,17 @@ def _albedo(model, skin: SkinParams, size: int, rng: np.random.Generator, tile: 
     if skin.beard > 0:
         zone = skin.beard * f.beard_zone * f.beard_patch * (1 - _up(lip, REGION_RES)) * (1 - f.hair)
         _blend(srgb, _stubble_layer(zone, skin, rng, rh, px_mm, t.mm_per_uv**2) * np.float32(0.85), hair_s)
-    cap = _up(f.hair * (f.is_face | f.is_head), rh)
-    if cap.max() > 0:
-        rows = np.flatnonzero(cap.max(1) > 1e-3)
+    # hair cap: density ramps up over ~10 mm behind the hairline, where single strands show
+    ramp = _up(_smoothstep(-4.0, 6.0, f.hair_y) * (f.is_face | f.is_head), rh)
+    if ramp.max() > 0:
+        rows = np.flatnonzero(ramp.max(1) > 1e-3)
         sl = np.s_[rows[0] : rows[-1] + 1]
         strands = _strand_noise(rng, rh, px_mm)[sl]
-        edge = _up(f.hair_y, rh)[sl]
-        # individual hairs at the hairline, strands in the colour (1 + 0.35 n in linear ~ 1 + 0.16 n in sRGB)
-        alpha = np.clip(cap[sl] * (1.0 + 0.3 * strands * _smoothstep(-4.0, 4.0, 4.0 - edge)), 0, 1)
+        ramp = ramp[sl]
+        alpha = np.clip(1.6 * ramp - 0.3 + 2.0 * strands * ramp * (1 - ramp), 0, 1) * (ramp > 1e-3)
+        # strands in the colour (1 + 0.35 n in linear is about 1 + 0.16 n in sRGB)
         hc = hair_s[None, None, :] * np.clip(1.0 + 0.16 * strands, 0.4, 1.6)[..., None]
-        _blend(srgb[sl], alpha, hc)
+        _blend(srgb[sl], alpha.astype(np.float32), hc)
     srgb = _up(srgb, size)
     # pore-scale albedo variation; a linear factor 1 + x is about 1 + x / 2.2 on sRGB values
     fine = _octave_noise(rng, size, t.mm_per_uv / size, _fine_octaves(skin.fine_variation / 2.2))
@@ -687,18 +706,18 @@ def _specular(model, skin: SkinParams, size: int, rng, tile: int) -> np.ndarray:
         raise ValueError(f"texture size must be >= 8, got {size}")
     f = _fields(model, skin, tile)
     oil = skin.oiliness
-    tz = np.maximum(np.maximum(f.forehead, np.maximum(f.nose, f.nose_bridge)), f.chin)
+    tz = np.maximum(np.maximum(f.forehead, np.maximum(f.nose, f.nose_bridge)), 0.75 * f.chin)
     s = 0.16 + 0.06 * oil + (0.22 + 0.35 * oil) * tz - 0.06 * f.cheek
-    s = s * (1 + 0.2 * f.oil_noise)
+    s = s * (1 + 0.12 * f.oil_noise)
     if tile == 0:
         lip = _up(_lip_mask(f.t, REGION_RES, f.t.mm_per_uv / REGION_RES), REGION_RES)
         s = s * (1 - lip) + lip * (0.42 + 0.1 * oil)
-    s = s * (1 - 0.8 * f.hair)  # hair is matte
+    s = s * (1 - 0.8 * f.hair) * (1 - 0.7 * f.brow * skin.brow_density)  # hair is matte
     s = s * (1 - 0.5 * f.beard_zone * skin.beard)
     s = np.where(f.is_mouth, 0.35, np.where(f.is_eye_socket, 0.4, s))
     r = min(size, BASE_RES)
     out = _up(s.astype(np.float32), r)
-    out *= 1 + _octave_noise(rng, r, f.t.mm_per_uv / r, [(0.3, 0.12), (1.0, 0.1)])
+    out *= 1 + _octave_noise(rng, r, f.t.mm_per_uv / r, [(0.15, 0.1), (0.5, 0.08), (1.5, 0.05)])
     return np.clip(_up(out, size), 0.0, 1.0).astype(np.float32)
 
 
@@ -861,7 +880,7 @@ def part_colors(model, skin: SkinParams, rng: np.random.Generator, vertices: np.
 def cavity_shade(albedo_lin: np.ndarray, height_mm: np.ndarray, strength: float = 1.0,
                  mm_per_texel: float | None = None) -> np.ndarray:
     """Darken a linear albedo ``[S, S, 3]`` where the displacement ``height_mm [S', S']`` (mm, + out of
-    the skin) is concave: ``albedo * exp(-strength * max(blur(h) - h, 0) / 0.12 mm)``, floored at 0.5,
+    the skin) is concave: ``albedo * exp(-strength * max(blur(h) - h, 0) / 0.2 mm)``, floored at 0.6,
     slightly warmer (less darkening in red). ``blur`` is a Gaussian of 0.5 mm (``mm_per_texel``: default
     the face tile's, 287 mm / S); the height map is resized to the albedo's size if they differ.
     Returns a new ``float32`` array; a zero height map leaves the albedo unchanged."""
@@ -876,8 +895,8 @@ def cavity_shade(albedo_lin: np.ndarray, height_mm: np.ndarray, strength: float 
     mpt = mm_per_texel if mm_per_texel is not None else 287.0 / a.shape[0]
     blur = cv2.GaussianBlur(h, (0, 0), max(0.5 / mpt, 0.5), borderType=cv2.BORDER_REFLECT)
     c = np.maximum(blur - h, 0.0)
-    k = np.float32(strength / 0.12)
-    shade = np.maximum(np.exp(-k * c), 0.5)
+    k = np.float32(strength / 0.2)
+    shade = np.maximum(np.exp(-k * c), 0.6)
     out = a * shade[..., None]
-    out[..., 0] = a[..., 0] * np.maximum(np.exp(-0.75 * k * c), 0.5)
+    out[..., 0] = a[..., 0] * np.maximum(np.exp(-0.75 * k * c), 0.6)
     return out
