@@ -410,9 +410,10 @@ def patch_crop(setup: FaceHypotheses, texel_index: torch.Tensor, margin_px: int 
     """Crop every view to the hypotheses of a subset of texels (training on patches).
 
     ``texel_index [K]`` into ``setup.texels`` -> ``(sub_setup, origins [V, 2] int, width, height)``:
-    one common even size covering the projections of the subset's hypotheses at both ends of the
-    range (plus ``margin_px``, which keeps sampled points away from the zero-padded crop border
-    where features would differ from full-image ones), clipped to the setup's extent; ``sub_setup``
+    one common even size at even origins (the feature CNN's stride-2 grid stays the full extent's)
+    covering the projections of the subset's hypotheses at both ends of the range (plus
+    ``margin_px``, which keeps sampled points away from the zero-padded crop border where features
+    would differ from full-image ones), clipped to the setup's extent; ``sub_setup``
     has the subset's texels and pixel coordinates relative to each view's crop.
     """
     half = (setup.d_size - 1) / 2.0
@@ -431,8 +432,9 @@ def patch_crop(setup: FaceHypotheses, texel_index: torch.Tensor, margin_px: int 
     W = min(setup.width, int(np.ceil(float(size[0]) / 2.0)) * 2)
     H = min(setup.height, int(np.ceil(float(size[1]) / 2.0)) * 2)
     centre = 0.5 * (lo + hi)
-    ox = (centre[:, 0] - W / 2.0).round().clamp(0, setup.width - W).long()
-    oy = (centre[:, 1] - H / 2.0).round().clamp(0, setup.height - H).long()
+    # even origins: the feature CNN's stride-2 grid of a patch is the full extent's (FeatureNet.stride)
+    ox = (centre[:, 0] - W / 2.0).round().clamp(0, setup.width - W).long().div(2, rounding_mode="floor") * 2
+    oy = (centre[:, 1] - H / 2.0).round().clamp(0, setup.height - H).long().div(2, rounding_mode="floor") * 2
     shift = torch.stack([ox, oy], 1).to(hp.dtype)  # [V, 2]
 
     def move(h):

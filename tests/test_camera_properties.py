@@ -79,15 +79,23 @@ def test_params_json_round_trip(tmp_path_factory, cams):
     cameras(),
     st.sampled_from(["_K", "_Rt", "_width", "_height"]),
     st.one_of(st.none(), st.just("abc"), st.just([1, 2]), st.just([[float("nan")] * 3] * 3), st.just(-5)),
+    st.sampled_from(["NaN", "Infinity", "-Infinity", "null"]),
 )
-def test_params_reader_never_accepts_garbage_silently(tmp_path_factory, cam, key, value):
+def test_params_reader_never_accepts_garbage_silently(tmp_path_factory, cam, key, value, non_finite):
+    """``non_finite``: how the file spells the non-finite entries of the NaN matrix (Python's json
+    writes ``NaN``; other writers give infinities or ``null``); every spelling must be refused."""
     path = tmp_path_factory.mktemp("p") / "params.json"
     params = cam.to_params("0")
     if value is None:
         del params["0" + key]
     else:
         params["0" + key] = value
-    path.write_text(json.dumps(params).replace("NaN", "NaN"))
+    text = json.dumps(params)
+    if isinstance(value, list) and value and isinstance(value[0], list):
+        assert "NaN" in text
+        text = text.replace("NaN", non_finite)
+        assert non_finite in text
+    path.write_text(text)
     try:
         read_params(path)
     except CameraError as exc:
