@@ -114,6 +114,17 @@ def _background(H: int, W: int, rng: np.random.Generator) -> np.ndarray:
     return cv2.resize(small, (W, H), interpolation=cv2.INTER_LINEAR)  # smooth: computed on 32 x 32
 
 
+def _cavity_albedo(albedo_lin: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """The face albedo darkened in the detail's cavities (:func:`skin.cavity_shade`), with the local mean kept
+    (the shading is divided by its own 2 mm blur), so the face keeps the colour it shares with the neck."""
+    import cv2
+
+    shade = skin.cavity_shade(np.ones(albedo_lin.shape, np.float32), h, 1.0)
+    sigma = 2.0 / (287.0 / albedo_lin.shape[0])  # texels (the face tile holds about 287 mm)
+    local = cv2.GaussianBlur(shade, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    return (albedo_lin * np.clip(shade / np.maximum(local, 1e-3), 0.5, 1.2)).astype(np.float32)
+
+
 def height_gradient(h: np.ndarray) -> np.ndarray:
     """``[S, S, 2]``: ``dh/du``, ``dh/dv`` of a face-tile map (mm per uv unit; row 0 is v near 1)."""
     S = h.shape[0]
@@ -255,7 +266,7 @@ def synthesize_capture(pid: int, eid: int, opt: SynthOptions, renderer: HeadRend
     scan = head.build_scan(coarse, height, chin_y=float(coarse[m.landmarks68[8], 1]), level=opt.scan_level)
     geom = head.build_render(coarse, height)
     tex = person.textures
-    albedo = skin.cavity_shade(tex["face_albedo"], h, 1.0)
+    albedo = _cavity_albedo(tex["face_albedo"], h)
     textures = HeadTextures(albedo, tex["face_spec"], height_gradient(h), tex["head_albedo"], tex["head_spec"])
     landmarks_mm = correspondence.landmarks_on_scan(scan, opt.scan_level)
     dpmap = correspondence.template_dpmap(h, opt.dpmap_size)
