@@ -176,11 +176,9 @@ def test_hair_cap_on_the_scalp_matte(model):
     pos, cov = ict.uv_tile_map(model, model.neutral, 128, parts=("head",), tile=1)
     crown = cov & (pos[..., 1] > 120)  # top of the head
     neck = cov & (pos[..., 1] < -80) & (pos[..., 2] > -30)  # side / front of the neck
-    hair_lum = (ha[crown] @ np.array([0.2126, 0.7152, 0.0722])).mean()
     assert np.abs(ha[crown].mean(0) - np.array(p.hair_color)).max() < 0.6 * max(p.hair_color) + 0.02
     assert np.abs(ha[neck].mean(0) - p.base_rgb).max() < 0.5 * p.base_rgb.max()
     assert hs[crown].mean() < hs[neck].mean()
-    assert np.isfinite(hair_lum)
 
 
 def test_seam_consistent_colour(model):

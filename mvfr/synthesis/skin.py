@@ -55,7 +55,7 @@ K_HAEMOGLOBIN = np.array([0.04, 0.46, 0.44])
 K_CAROTENE = np.array([0.0, 0.06, 0.40])
 ITA_BANDS = {1: (55.0, 66.0), 2: (41.0, 55.0), 3: (28.0, 41.0), 4: (10.0, 28.0), 5: (-30.0, 10.0), 6: (-62.0, -30.0)}
 
-REGION_RES = 512  # resolution of the smooth regional fields (distances to eyes, nose, lips ...)
+REGION_RES = 256  # resolution of the smooth regional fields (distances to eyes, nose, lips ...)
 BASE_RES = 1024  # most the chromophore composite is evaluated at (0.28 mm per texel on the face tile)
 HAIR_RES = 2048  # most hair strokes (brows, stubble, scalp strands) are drawn at
 HEAD_TILE_PARTS = ("head", "mouth_socket", "eye_socket_left", "eye_socket_right")
@@ -67,7 +67,7 @@ IRIS_COLORS = {  # linear RGB of the iris stroma (mid radius)
 }
 HAIR_COLORS = {  # linear RGB
     "black": (0.014, 0.011, 0.009), "dark_brown": (0.032, 0.020, 0.012), "brown": (0.075, 0.045, 0.024),
-    "light_brown": (0.16, 0.10, 0.052), "blonde": (0.36, 0.26, 0.13), "auburn": (0.16, 0.055, 0.022),
+    "light_brown": (0.16, 0.10, 0.052), "blonde": (0.36, 0.26, 0.13), "auburn": (0.10, 0.036, 0.016),
     "grey": (0.28, 0.27, 0.26),
 }
 
@@ -166,7 +166,7 @@ class SkinParams:
         return chromophore_albedo(self.melanin * self.lip_melanin, self.haemoglobin + self.lip_haemoglobin, 0.0)
 
 
-def _pick(rng, table: dict, weights: dict) -> str:
+def _pick(rng, weights: dict) -> str:
     names = list(weights)
     p = np.array([weights[n] for n in names], dtype=np.float64)
     return names[int(rng.choice(len(names), p=p / p.sum()))]
@@ -185,12 +185,12 @@ def sample_skin(rng: np.random.Generator) -> SkinParams:
     # hair: dark for dark skin, any colour for light skin
     hair_w = {"black": 0.2 + 0.8 * (1 - light), "dark_brown": 0.35, "brown": 0.3 * light + 0.05,
               "light_brown": 0.25 * light, "blonde": 0.2 * light**2, "auburn": 0.08 * light**2, "grey": 0.06}
-    hair_name = _pick(rng, HAIR_COLORS, hair_w)
+    hair_name = _pick(rng, hair_w)
     hair = np.array(HAIR_COLORS[hair_name]) * rng.uniform(0.8, 1.2)
     brow = hair * rng.uniform(0.6, 0.95) if hair_name not in ("black",) else hair
     iris_w = {"dark_brown": 0.25 + 0.75 * (1 - light), "brown": 0.35, "amber": 0.04 + 0.04 * light,
               "hazel": 0.15 * light, "green": 0.12 * light**1.5, "blue": 0.35 * light**2, "grey": 0.08 * light**2}
-    iris_name = _pick(rng, IRIS_COLORS, iris_w)
+    iris_name = _pick(rng, iris_w)
     iris = np.array(IRIS_COLORS[iris_name]) * rng.uniform(0.8, 1.2, 3) ** 0.5
     sclera = np.array([0.70, 0.64, 0.59]) * rng.uniform(0.85, 1.05) * rng.uniform(0.97, 1.03, 3)
     return SkinParams(
@@ -404,13 +404,13 @@ def _up(a: np.ndarray, size: int, interp=cv2.INTER_LINEAR) -> np.ndarray:
 
 def _octave_noise(rng: np.random.Generator, size: int, mm_per_texel: float, octaves: list[tuple[float, float]]) -> np.ndarray:
     """Sum of band noises ``[size, size]`` float32; ``octaves``: (sigma_mm, std). Each octave is drawn
-    on the coarsest grid where its sigma is about 1.5 texels and upsampled; an octave finer than half a
+    on the coarsest grid where its sigma is 1-2 texels and upsampled (octaves on one grid share its white noise); an octave finer than half a
     texel is attenuated by sigma / (0.5 texel) (a map at this resolution cannot hold it)."""
     levels: dict[int, list[tuple[float, float]]] = {}
     for sig_mm, std in octaves:
         sig = sig_mm / mm_per_texel
         lev = 0
-        while sig / 2 ** (lev + 1) >= 1.5 and size // 2 ** (lev + 1) >= 8:
+        while sig / 2 ** (lev + 1) >= 1.0 and size // 2 ** (lev + 1) >= 8:
             lev += 1
         levels.setdefault(lev, []).append((sig / 2**lev, std))
     out = None
@@ -420,11 +420,11 @@ def _octave_noise(rng: np.random.Generator, size: int, mm_per_texel: float, octa
             out = cv2.resize(out, (n, n), interpolation=cv2.INTER_LINEAR)
         else:
             out = np.zeros((n, n), np.float32)
+        w = rng.random((n, n), dtype=np.float32)  # one white noise per level, blurred per octave
+        w -= 0.5
         for sig, std in levels[lev]:
             amp = std * min(1.0, sig / 0.5)
             sig = max(sig, 0.5)
-            w = rng.random((n, n), dtype=np.float32)
-            w -= 0.5
             b = cv2.GaussianBlur(w, (0, 0), sig, borderType=cv2.BORDER_REFLECT)
             # std of blurred uniform noise (var 1/12) with a Gaussian of sigma: 1 / sqrt(12 * 4 pi sigma^2)
             norm = np.sqrt(12.0 * 4.0 * np.pi * sig * sig) if sig > 0.8 else 1.0 / max(float(b[:: max(n // 64, 1), :: max(n // 64, 1)].std()), 1e-6)
@@ -536,7 +536,7 @@ def _strand_noise(rng, res: int, px_mm: float) -> np.ndarray:
 
 def _skin_linear(f: _Fields, skin: SkinParams, rng, size: int, tile: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Linear skin albedo at ``min(size, BASE_RES)`` (no hair), plus the region-res lip mask and the res."""
-    r = min(size, BASE_RES)
+    r = min(size, BASE_RES if tile == 0 else BASE_RES // 2)  # the head tile (scalp, neck) needs less
     t = f.t
     mm_tex = t.mm_per_uv / r
     up = lambda a: _up(a.astype(np.float32), r)  # noqa: E731
@@ -652,7 +652,7 @@ def _albedo(model, skin: SkinParams, size: int, rng: np.random.Generator, tile: 
         raise ValueError(f"texture size must be >= 8, got {size}")
     f = _fields(model, skin, tile)
     t = f.t
-    lin, lip, beard = _skin_linear(f, skin, rng, size, tile)
+    lin, lip, _ = _skin_linear(f, skin, rng, size, tile)
     rb = lin.shape[0]
     if tile == 1:  # mouth socket dark red, eye sockets dark pink
         ms = _up(f.is_mouth.astype(np.float32), rb)[..., None]
