@@ -815,7 +815,7 @@ def part_colors(model, skin: SkinParams, rng: np.random.Generator, vertices: np.
     spec[sl] = 0.55
     # teeth: off-white, yellower and darker at the back, per-tooth variation via position
     sl = rng_part("teeth")
-    tooth = np.array([0.62, 0.56, 0.44]) * rng.uniform(0.8, 1.05) * np.array([1.0, 1.0, rng.uniform(0.85, 1.05)])
+    tooth = np.array([0.70, 0.60, 0.48]) * rng.uniform(0.8, 1.05) * np.array([1.0, 1.0, rng.uniform(0.85, 1.05)])
     pts = V[sl]
     d_in = np.clip((mouth[2] - pts[:, 2] - 5.0) / 30.0, 0, 1)[:, None]
     var = 1 + 0.06 * np.sin(pts[:, 0:1] * 0.9 + rng.uniform(0, 6.28)) + 0.03 * rng.normal(size=(len(pts), 1))
