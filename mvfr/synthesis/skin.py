@@ -327,8 +327,9 @@ class _Fields:
         chin = L[8]
         self.is_face = (t.part == ict.PART_NAMES.index("face"))
         self.is_head = (t.part == ict.PART_NAMES.index("head"))
-        self.is_mouth = (t.part == ict.PART_NAMES.index("mouth_socket"))
-        self.is_eye_socket = np.isin(t.part, [ict.PART_NAMES.index("eye_socket_left"), ict.PART_NAMES.index("eye_socket_right")])
+        near = cv2.dilate(t.covered.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0  # the islands and a margin
+        self.is_mouth = (t.part == ict.PART_NAMES.index("mouth_socket")) & near
+        self.is_eye_socket = np.isin(t.part, [ict.PART_NAMES.index("eye_socket_left"), ict.PART_NAMES.index("eye_socket_right")]) & near
         front = _smoothstep(-10.0, 25.0, z)  # the front half of the head
         # cheeks: centre below the eye and lateral, on the surface
         cheek = np.zeros_like(x)
@@ -677,8 +678,9 @@ def _albedo(model, skin: SkinParams, size: int, rng: np.random.Generator, tile: 
         strands = _strand_noise(rng, rh, px_mm)[sl]
         ramp = ramp[sl]
         alpha = np.clip(1.6 * ramp - 0.3 + 2.0 * strands * ramp * (1 - ramp), 0, 1) * (ramp > 1e-3)
-        # strands in the colour (1 + 0.35 n in linear is about 1 + 0.16 n in sRGB)
-        hc = hair_s[None, None, :] * np.clip(1.0 + 0.16 * strands, 0.4, 1.6)[..., None]
+        # strands in the colour (1 + 0.25 n in linear is about 1 + 0.11 n in sRGB; less for light hair)
+        k = 0.11 * (1.0 - 0.5 * float(np.clip(hair_s.max() - 0.25, 0.0, 1.0)))
+        hc = hair_s[None, None, :] * np.clip(1.0 + k * strands, 0.6, 1.4)[..., None]
         _blend(srgb[sl], alpha.astype(np.float32), hc)
     srgb = _up(srgb, size)
     # pore-scale albedo variation; a linear factor 1 + x is about 1 + x / 2.2 on sRGB values
