@@ -847,9 +847,10 @@ def part_colors(model, skin: SkinParams, rng: np.random.Generator, vertices: np.
         streak = (np.cos(np.outer(theta, k * 3) + phases) / np.sqrt(k)).sum(1) / 3.0
         ring = np.exp(-0.5 * ((q - 0.95) / 0.06) ** 2)  # limbal ring
         coll = np.exp(-0.5 * ((q - 0.5) / 0.1) ** 2)  # collarette
-        inner_col = iris_rgb * np.array([1.5, 1.2, 0.8]) if skin.iris_name in ("green", "hazel", "blue", "grey") else iris_rgb * 1.3
+        inner_col = iris_rgb * np.array([1.25, 1.08, 0.85]) if skin.iris_name in ("green", "hazel", "blue", "grey") else iris_rgb * 1.15
         irc = iris_rgb[None] * (1 + 0.25 * streak[:, None])
-        irc = irc * (1 - coll[:, None]) + inner_col[None] * coll[:, None] * (1 + 0.2 * streak[:, None])
+        cw = 0.6 * coll[:, None]
+        irc = irc * (1 - cw) + inner_col[None] * cw * (1 + 0.2 * streak[:, None])
         irc = irc * (1 - 0.65 * ring[:, None])
         in_iris = 1 - _smoothstep(r_iris - 0.3, r_iris + 0.2, r)
         in_iris = in_iris * (h > 0)
@@ -882,7 +883,7 @@ def part_colors(model, skin: SkinParams, rng: np.random.Generator, vertices: np.
 def cavity_shade(albedo_lin: np.ndarray, height_mm: np.ndarray, strength: float = 1.0,
                  mm_per_texel: float | None = None) -> np.ndarray:
     """Darken a linear albedo ``[S, S, 3]`` where the displacement ``height_mm [S', S']`` (mm, + out of
-    the skin) is concave: ``albedo * exp(-strength * max(blur(h) - h, 0) / 0.2 mm)``, floored at 0.6,
+    the skin) is concave: ``albedo * exp(-strength * max(blur(h) - h, 0) / 0.3 mm)``, floored at 0.7,
     slightly warmer (less darkening in red). ``blur`` is a Gaussian of 0.5 mm (``mm_per_texel``: default
     the face tile's, 287 mm / S); the height map is resized to the albedo's size if they differ.
     Returns a new ``float32`` array; a zero height map leaves the albedo unchanged."""
@@ -897,8 +898,8 @@ def cavity_shade(albedo_lin: np.ndarray, height_mm: np.ndarray, strength: float 
     mpt = mm_per_texel if mm_per_texel is not None else 287.0 / a.shape[0]
     blur = cv2.GaussianBlur(h, (0, 0), max(0.5 / mpt, 0.5), borderType=cv2.BORDER_REFLECT)
     c = np.maximum(blur - h, 0.0)
-    k = np.float32(strength / 0.2)
-    shade = np.maximum(np.exp(-k * c), 0.6)
+    k = np.float32(strength / 0.3)
+    shade = np.maximum(np.exp(-k * c), 0.7)
     out = a * shade[..., None]
-    out[..., 0] = a[..., 0] * np.maximum(np.exp(-0.75 * k * c), 0.6)
+    out[..., 0] = a[..., 0] * np.maximum(np.exp(-0.75 * k * c), 0.7)
     return out
