@@ -6,7 +6,8 @@ faces, always in the face area) and barycentrics ``bary[i]`` (3, summing to 1). 
 by ``python -m mvfr.synthesis.correspondence`` and shipped:
 
 1. several random identities (neutral expression) are synthesised with the v2 appearance and seen
-   by 9 frontal-ish cameras (yaw -32..32 deg, pitch -12..12 deg, 1296 px, no distortion);
+   by 18 cameras (yaw -40..40 deg in 10 deg steps, two pitches each between -15 and 13 deg, 1296 px,
+   soft light, no distortion);
 2. the project's landmark detector (MediaPipe FaceLandmarker, :mod:`mvfr.landmarks`) runs on every
    view and the project's robust triangulation (:mod:`mvfr.triangulation`) gives 468 points;
 3. each point is snapped to the identity's ICT surface (closest point on the face area), expressed
@@ -174,7 +175,7 @@ def template_dpmap(h: np.ndarray, size: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------ building
-def build(num_identities: int = 6, seed: int = 4242, long_side: int = 1296, verbose: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
+def build(num_identities: int = 8, seed: int = 4242, long_side: int = 1296, verbose: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
     """Compute the correspondence (see the module docstring); returns ``(triangle, bary, stats)``."""
     from mvfr.landmarks import FaceLandmarkDetector
     from mvfr.synthesis import capture
@@ -186,8 +187,8 @@ def build(num_identities: int = 6, seed: int = 4242, long_side: int = 1296, verb
     acc = np.zeros((N_LANDMARKS, 3))
     count = np.zeros(N_LANDMARKS)
     stats = {"views": 0, "detected": 0, "rms_px": []}
-    yaws = [-32, -24, -16, -8, 0, 8, 16, 24, 32]
-    pitches = [-12, 6, -4, 12, 0, -8, 4, 10, -6]
+    yaws = [y for y in range(-40, 41, 10) for _ in (0, 1)]
+    pitches = [(-12, 10)[k % 2] + (3 if (k // 2) % 2 else -3) for k in range(len(yaws))]
     for k in range(num_identities):
         opt = capture.SynthOptions(num_views=1, image_long_side=long_side, num_invalid_views=0, distorted_fraction=0.0,
                                    dpmap_size=16, seed=seed + k, layout="ring")
@@ -265,7 +266,7 @@ def _render_neutral(person, coarse, opt, yaws, pitches, long_side, rng):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Rebuild predefine_data/ict_template_correspondence.npz (see the module docstring).")
-    p.add_argument("--num_identities", type=int, default=6)
+    p.add_argument("--num_identities", type=int, default=8)
     p.add_argument("--seed", type=int, default=4242)
     p.add_argument("--out", type=str, default=str(CORRESPONDENCE_NPZ))
     a = p.parse_args(argv)

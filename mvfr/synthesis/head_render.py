@@ -54,7 +54,7 @@ out vec4 f_color;
 void main() {
     // v_mat: (material, specular weight, shininess, ambient occlusion)
     int mat = int(v_mat.x + 0.5);
-    vec3 n = normalize(v_nrm);
+    vec3 n = v_nrm / max(length(v_nrm), 1e-8);
     vec3 v = normalize(cam_pos - v_pos);
     vec3 albedo = v_col;
     float ks = v_mat.y;
@@ -89,7 +89,7 @@ void main() {
         // warm tint where wrap lighting reaches past the terminator (light scattered under the skin)
         vec3 tint = mix(vec3(1.0), vec3(1.0, 0.55, 0.45), skin * clamp((w - ndl) / (2.0 * w + 1e-4), 0.0, 1.0) * step(ndl, w));
         diff += light_col[i] * d * tint * mix(1.0, ao, 0.5);
-        vec3 h = normalize(l + v);
+        vec3 h = (l + v) / max(length(l + v), 1e-8);
         float sh = v_mat.z;
         spec += light_col[i] * pow(max(dot(n, h), 0.0), sh) * (sh + 8.0) / 25.0 * step(0.0, ndl) * max(ndl, 0.0);
     }
@@ -269,5 +269,6 @@ class HeadRenderer:
             self.ctx.copy_framebuffer(res, ms)
         buf = np.frombuffer(res.read(components=4, dtype="f4", alignment=1), dtype=np.float32)
         img = buf.reshape(int(height), int(width), 4)  # framebuffer row 0 = image row 0 (projection_matrix)
+        img = np.nan_to_num(img, nan=0.0, posinf=0.0, neginf=0.0)  # a degenerate normal must not leave a black hole
         alpha = np.clip(img[..., 3], 0, 1)
         return np.ascontiguousarray(img[..., :3]), np.ascontiguousarray(alpha)
