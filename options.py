@@ -186,6 +186,23 @@ def add_dpmap_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dp_mm_per_unit", type=float, default=None, help="dpmap2mesh: millimetres per mesh unit for --dp_mesh (default 1.0)")
 
 
+def add_import_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("import_capture")
+    g.add_argument("--out", type=str, required=True, help="RAW folder to add the capture to (created if missing)")
+    g.add_argument("--face_id", type=str, required=True, help="id of the capture, PPP_EE (person 3 digits, expression 2 digits)")
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--colmap", type=str, default=None, help="COLMAP sparse model folder (cameras/images .txt or .bin)")
+    src.add_argument("--metashape", type=str, default=None, help="Agisoft Metashape camera XML")
+    src.add_argument("--transforms", type=str, default=None, help="NeRF/nerfstudio transforms.json")
+    src.add_argument("--opencv_yaml", type=str, default=None, help="folder of OpenCV <view>.yml|.yaml|.json (K, D, R, T)")
+    g.add_argument("--images", type=str, required=True, help="folder of the capture's images (JPEG, PNG or TIFF)")
+    g.add_argument("--mm_per_unit", type=float, default=None,
+                   help="millimetres per calibration unit (default: none recorded; gen_maps.py estimates it from the template fit)")
+    g.add_argument("--scan", type=str, default=None, help="ground-truth scan (PLY, calibration units), copied to RAW/mesh")
+    g.add_argument("--split", choices=("train", "eval"), default="eval", help="split of id.json the capture joins")
+    g.add_argument("--overwrite", action="store_true", help="replace a capture of the same id already in --out")
+
+
 STAGES: dict[str, tuple[str, list[Callable[[argparse.ArgumentParser], None]]]] = {
     "mkdirs": ("Create the DATA_FOLDER tree.", [add_mkdirs_options]),
     "preprocess_images": ("RAW capture -> DATA_FOLDER/images (undistort, resize, K update).", [add_preprocess_options]),
@@ -213,6 +230,15 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
         )
         p.add_argument("--config", type=str, default=None, help="JSON file of option values (defaults < file < command line)")
         add_synthetic_options(p)
+        return p
+    if stage == "import_capture":
+        p = argparse.ArgumentParser(
+            prog="import_capture.py",
+            description="Add one capture calibrated by COLMAP, Metashape, nerfstudio or OpenCV to a RAW folder.",
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        p.add_argument("--config", type=str, default=None, help="JSON file of option values (defaults < file < command line)")
+        add_import_options(p)
         return p
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; one of {sorted(STAGES)}")

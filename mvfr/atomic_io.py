@@ -104,7 +104,8 @@ def save_image(path: str | os.PathLike, image: np.ndarray, jpeg_quality: int = 9
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image as RGB uint8 (H, W, 3); a missing or corrupt file raises ``ValueError`` naming it."""
+    """Read an image as RGB uint8 (H, W, 3), as stored (EXIF orientation ignored: calibrations refer to the
+    stored pixels); a missing or corrupt file raises ``ValueError`` naming it."""
     import cv2
 
     path = Path(path)
@@ -115,7 +116,8 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     if path.suffix.lower() in (".jpg", ".jpeg") and data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-1024:].tobytes():
         # OpenCV decodes a truncated JPEG without an error (grey rows at the bottom); refuse it.
         raise ValueError(f"image {path} is a truncated JPEG (no end-of-image marker); {fix}")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    # as stored: an EXIF orientation tag is ignored, so pixels match the calibration made from them
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
         raise ValueError(f"image {path} could not be decoded (corrupt or not an image); {fix}")
     return image[:, :, ::-1].copy()
