@@ -1,6 +1,10 @@
 """Per-stage metrics in mm against the ground-truth scans (DESIGN §6).
 
-    python evaluate.py --dataroot DATA --facescape_dataroot RAW --split eval
+    python evaluate.py --dataroot DATA --facescape_dataroot RAW --split eval [--scan_region FILE]
+
+Facial region of each scan: ``--scan_region`` (a [V_scan] bool .npy, or a folder of PPP_EE.npy),
+else RAW/region/<pid>/<k>_<exp>.npy, else computed from the scan and the triangulated landmarks
+(see mvfr/evaluation.py). The scan is wound to face the cameras before scoring.
 
 Writes DATA/eval/metrics.json ({"faces": {id: {stage: {metric: value}}}, "mean": {...}}) and
 prints the mean table. Stages without an output for a face are left out for that face.
@@ -23,7 +27,7 @@ def main(argv=None) -> int:
     per_face: dict = {}
 
     def process(fid: str) -> None:
-        per_face[fid] = evaluate_face(folder, raw, fid, tuple(opt.stages), opt.n_samples, opt.seed)
+        per_face[fid] = evaluate_face(folder, raw, fid, tuple(opt.stages), opt.n_samples, opt.seed, opt.scan_region)
 
     summary = run_faces(select_face_ids(folder, opt, sharded=False), process, desc="evaluate")
     if not per_face:

@@ -152,6 +152,9 @@ def add_evaluate_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stages", nargs="+", default=["base", "if", "reg", "meso"], choices=("base", "if", "reg", "meso"),
                    help="stages to evaluate (those with an output)")
     g.add_argument("--n_samples", type=int, default=200_000, help="surface samples per mesh and direction")
+    g.add_argument("--scan_region", type=str, default=None,
+                   help="facial region of the scan: a [V_scan] bool .npy (one entry per scan vertex) or a folder of "
+                        "PPP_EE.npy; default RAW/region, else computed from the scan and the triangulated landmarks")
 
 
 def add_dpmap_options(p: argparse.ArgumentParser) -> None:

@@ -8,10 +8,20 @@ Errors are computed on points sampled uniformly by area over the surfaces, never
 a dense mesh does not weigh more than a coarse one. Closest points come from libigl
 (``igl.point_mesh_squared_distance``, an AABB tree, exact point-triangle distance).
 
-The facial region is a boolean per **GT face** (``[F_gt] bool``): a face belongs to it when its
-centroid does (its centroid uv lies in the facial mask, or, in the fallback, its centroid is near
-the base mesh and projects onto the mask). Per-face regions keep area sampling exact and let the
-accuracy direction ask "does the closest GT point lie on a region face?" directly.
+The facial region is a boolean per **GT face** (``[F_gt] bool``). Per-face regions keep area
+sampling exact and let the accuracy direction ask "does the closest GT point lie on a region
+face?" directly. It comes from (see :mod:`mvfr.evaluation` for the order):
+
+- a per-**vertex** region of the scan (``RAW/region`` or ``evaluate.py --scan_region``), through
+  :func:`region_faces_from_vertices`: a face belongs when at least two of its three corners do
+  (a majority, so the region's area matches the vertex set's on both sides of its border);
+- or, without one, a surface fitted to the triangulated landmarks alone (the template deformed to
+  them, template uvs): :func:`facial_region_from_surface` keeps the scan faces whose centroid lies
+  near that surface and whose closest point on it falls inside the template's facial mask. Never a
+  predicted surface, never the scan's own uvs (a scan's uvs belong to its own layout).
+
+A scan whose faces are wound inwards, wholly or in patches, would read about 180 degrees of normal
+error: :func:`orient_towards_cameras` first makes every consistently wound patch face the cameras.
 
 Metric keys (exact, in this order, see :data:`METRIC_KEYS`):
 
@@ -170,12 +180,6 @@ def sample_surface(
 # -------------------------------------------------------------------------------- facial region
 
 
-def _face_uv_centroids(mesh: Mesh) -> np.ndarray:
-    if mesh.uvs is None or mesh.face_uvs is None:
-        raise ValueError("mesh has no uvs; use facial_region_from_base for a scan without template uvs")
-    return mesh.uvs[mesh.face_uvs].mean(axis=1)
-
-
 def _check_mask(mask: np.ndarray) -> np.ndarray:
     mask = np.asarray(mask)
     if mask.ndim != 2 or mask.shape[0] != mask.shape[1]:
@@ -183,37 +187,123 @@ def _check_mask(mask: np.ndarray) -> np.ndarray:
     return mask.astype(bool)
 
 
-def facial_region_from_uv(gt_mesh: Mesh, mask: np.ndarray) -> np.ndarray:
-    """Facial region of a GT scan that carries the template's uvs: ``[F_gt] bool`` per GT face.
+def region_faces_from_vertices(faces: np.ndarray, vertex_region: np.ndarray) -> np.ndarray:
+    """Per-vertex facial region -> per-face: ``faces [F, 3]``, ``vertex_region [V] bool`` -> ``[F] bool``.
 
-    A face is in the region when the texel nearest to the mean of its three corner uvs is set in
-    ``mask [S, S] bool`` (template UV space, DESIGN §3 texel convention).
+    Rule: a face is in the region when at least two of its three vertices are (majority vote).
     """
-    mask = _check_mask(mask)
-    return np.asarray(lookup_nearest(mask, _face_uv_centroids(gt_mesh)), dtype=bool)
+    faces = np.asarray(faces, dtype=np.int64)
+    vr = np.asarray(vertex_region)
+    if vr.dtype != bool or vr.ndim != 1:
+        raise ValueError(f"the vertex region must be a 1-D bool array, got dtype {vr.dtype} and shape {vr.shape}")
+    if faces.size and faces.max() >= len(vr):
+        raise ValueError(f"the vertex region has {len(vr)} entries but the faces index vertex {faces.max()}")
+    return vr[faces].sum(axis=1) >= 2
 
 
-def facial_region_from_base(
-    gt_mesh: Mesh, base_mesh: Mesh, mask: np.ndarray, max_dist_units: float
+def facial_region_from_surface(
+    gt_mesh: Mesh, surface: Mesh, mask: np.ndarray, max_dist_units: float, min_cos: float | None = None
 ) -> np.ndarray:
-    """Facial region of a GT scan without template uvs, through the fitted base mesh: ``[F_gt] bool``.
+    """Facial region of a GT scan through a reference surface with template uvs: ``[F_gt] bool``.
 
-    A GT face is in the region when its centroid lies within ``max_dist_units`` (capture units; the
-    caller converts DESIGN's 25 mm with ``25 / mm_per_unit``) of ``base_mesh`` and the uv of its
-    closest base-mesh point (barycentric interpolation of that base face's uvs) falls on a set texel
-    of ``mask [S, S] bool``. ``base_mesh`` must carry the template uvs.
+    ``surface``: the template fitted to the triangulated landmarks (never a predicted surface). A GT
+    face is in the region when its centroid lies within ``max_dist_units`` (capture units) of
+    ``surface`` and the uv of its closest surface point (barycentric interpolation of that face's
+    uvs) falls on a set texel of ``mask [S, S] bool`` (template UV). The mask lies inside the
+    template's outline, so scan parts beyond the surface's border (ears, neck, hair) stay out.
+    With ``min_cos``, the GT face's normal must also agree with the surface's (area-weighted vertex
+    normal at the closest point) to a cosine >= ``min_cos``: surfaces behind the face that turn
+    away from it (inner mouth, eyeballs, the underside of the chin) stay out; the scan must be
+    wound outwards first (:func:`orient_towards_cameras`).
     """
     mask = _check_mask(mask)
     max_dist_units = _check_positive(max_dist_units, "max_dist_units")
-    if base_mesh.uvs is None or base_mesh.face_uvs is None:
-        raise ValueError("base mesh has no uvs; the fallback region needs the template uvs on the base mesh")
+    if surface.uvs is None or surface.face_uvs is None:
+        raise ValueError("the reference surface has no uvs; the region needs the template uvs on it")
     gv, gf = _check_mesh(gt_mesh.vertices, gt_mesh.faces, "GT mesh")
-    bv, bf = _check_mesh(base_mesh.vertices, base_mesh.faces, "base mesh")
+    bv, bf = _check_mesh(surface.vertices, surface.faces, "reference surface")
     centroids = gv[gf].mean(axis=1)
     dist, closest, fidx = point_to_mesh(centroids, bv, bf)
     bary = barycentric(closest, bv[bf[fidx]])
-    uv = np.einsum("pk,pkc->pc", bary, base_mesh.uvs[base_mesh.face_uvs[fidx]])
-    return (dist <= max_dist_units) & np.asarray(lookup_nearest(mask, uv), dtype=bool)
+    uv = np.einsum("pk,pkc->pc", bary, surface.uvs[surface.face_uvs[fidx]])
+    keep = (dist <= max_dist_units) & np.asarray(lookup_nearest(mask, uv), dtype=bool)
+    if min_cos is not None:
+        from mvfr.mesh_io import face_normals
+
+        n_ref, _ = _normalise(_interpolate(vertex_normals(bv, bf), bf, fidx, bary))
+        keep &= np.einsum("ij,ij->i", face_normals(gv, gf), n_ref) >= float(min_cos)
+    return keep
+
+
+# --------------------------------------------------------------------------------- orientation
+
+
+def consistent_patches(faces: np.ndarray) -> np.ndarray:
+    """Label ``[F]`` int64 of the consistently wound patch of every face.
+
+    Two faces sharing an edge (an edge with exactly two faces) are in one patch when they traverse
+    it in opposite directions (consistent winding); a patch's faces can all be flipped together.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    f = np.asarray(faces, dtype=np.int64)
+    F = len(f)
+    a = f.reshape(-1)
+    b = f[:, [1, 2, 0]].reshape(-1)
+    owner = np.repeat(np.arange(F), 3)
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    forward = a < b
+    key = lo * (int(f.max()) + 1 if F else 1) + hi
+    order = np.argsort(key, kind="stable")
+    k = key[order]
+    start = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
+    count = np.diff(np.r_[start, len(k)])
+    pair = start[count == 2]
+    e0, e1 = order[pair], order[pair + 1]
+    ok = forward[e0] != forward[e1]
+    i, j = owner[e0[ok]], owner[e1[ok]]
+    graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(F, F))
+    _, labels = connected_components(graph, directed=False)
+    return labels.astype(np.int64)
+
+
+def orient_towards_cameras(
+    vertices: np.ndarray, faces: np.ndarray, centres: np.ndarray, rays_per_camera: int = 20000, seed: int = 0
+) -> tuple[np.ndarray, int]:
+    """Wind every consistently wound patch of a scan so that the cameras see its front sides.
+
+    ``vertices [N, 3]``, ``faces [F, 3]``, ``centres [V, 3]`` camera centres, all in capture units
+    -> ``(faces [F, 3]`` with flipped patches reversed, number of faces flipped). Rays from each
+    centre to ``rays_per_camera`` points sampled by area (embree, first hit): the face hit first is
+    seen from that camera and votes +1 when its normal points towards the camera, -1 otherwise; a
+    patch (:func:`consistent_patches`) with a negative sum is flipped. Patches no ray reaches keep
+    their winding. A correctly wound scan comes back unchanged.
+    """
+    from mvfr.mesh_io import face_normals
+    from mvfr.texture import RayCaster
+
+    v, f = _check_mesh(vertices, faces, "GT mesh")
+    c = np.asarray(centres, dtype=np.float64).reshape(-1, 3)
+    if len(c) == 0:
+        return f, 0
+    labels = consistent_patches(f)
+    fn = face_normals(v, f)
+    caster = RayCaster(Mesh(v, f))
+    votes = np.zeros(int(labels.max()) + 1)
+    for k, centre in enumerate(c):
+        pts, _, _ = sample_surface(v, f, rays_per_camera, seed + k)
+        d = pts - centre
+        d /= np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-30)
+        ray, tri, _ = caster.first_hit(np.repeat(centre[None], len(d), 0), d)
+        if len(tri) == 0:
+            continue
+        towards = -np.einsum("ij,ij->i", fn[tri], d[ray])
+        np.add.at(votes, labels[tri], np.sign(towards))
+    flip = (votes < 0)[labels]
+    out = f.copy()
+    out[flip] = out[flip][:, ::-1]
+    return out, int(flip.sum())
 
 
 # ------------------------------------------------------------------------------------- metrics
@@ -230,7 +320,7 @@ def surface_metrics(
     """Errors of a predicted mesh against a GT scan inside the facial region, in mm (DESIGN §6).
 
     ``pred``, ``gt``: meshes in the same capture units; ``gt_region_faces [F_gt] bool`` (from
-    :func:`facial_region_from_uv` or :func:`facial_region_from_base`); ``mm_per_unit`` > 0;
+    :func:`region_faces_from_vertices` or :func:`facial_region_from_surface`); ``mm_per_unit`` > 0;
     ``n_samples`` points are drawn on the prediction (seed ``seed``) and on the GT region (seed
     ``seed + 1``). Returns ``{key: float}`` with the keys of :data:`METRIC_KEYS` (see the module
     docstring for each definition). Raises ValueError on an empty region, a prediction that does

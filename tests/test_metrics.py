@@ -150,33 +150,71 @@ def test_region_crops_both_directions():
     assert whole["completeness_mean_mm"] > 0.3
 
 
-def test_facial_region_from_uv_known_answer():
-    gt = grid(0, 1, 0, 1, 4, 4)  # uvs = xy
-    mask = np.zeros((8, 8), dtype=bool)
-    mask[:, :4] = True  # left half: u < 0.5
-    region = metrics.facial_region_from_uv(gt, mask)
-    centroid_u = gt.vertices[gt.faces].mean(1)[:, 0]
-    assert region.shape == (len(gt.faces),) and region.dtype == bool
-    np.testing.assert_array_equal(region, centroid_u < 0.5)
-    with pytest.raises(ValueError, match="no uvs"):
-        metrics.facial_region_from_uv(Mesh(gt.vertices, gt.faces), mask)
+def test_region_faces_from_vertices_majority_rule():
+    faces = np.array([[0, 1, 2], [1, 2, 3], [2, 3, 4], [3, 4, 5]])
+    vr = np.array([True, True, False, False, False, True])
+    np.testing.assert_array_equal(metrics.region_faces_from_vertices(faces, vr), [True, False, False, False])
+    vr2 = np.array([True, True, True, True, False, False])
+    np.testing.assert_array_equal(metrics.region_faces_from_vertices(faces, vr2), [True, True, True, False])
+    with pytest.raises(ValueError, match="bool"):
+        metrics.region_faces_from_vertices(faces, vr.astype(int))
+    with pytest.raises(ValueError, match="6 entries|5 entries"):
+        metrics.region_faces_from_vertices(faces, vr[:5])
 
 
-def test_facial_region_from_base_known_answer():
+def test_facial_region_from_surface_known_answer():
     base = grid(0, 1, 0, 1, 1, 1)  # two triangles, uvs = xy
     near = grid(0, 1, 0, 1, 4, 4, z=0.01)
     far = grid(0, 1, 0, 1, 2, 2, z=5.0)  # projects into the mask but is beyond max_dist
     gt = concat(near, far)
     mask = np.zeros((8, 8), dtype=bool)
     mask[:, :4] = True
-    region = metrics.facial_region_from_base(gt, base, mask, max_dist_units=0.1)
+    region = metrics.facial_region_from_surface(gt, base, mask, max_dist_units=0.1)
     centroids = gt.vertices[gt.faces].mean(1)
     np.testing.assert_array_equal(region, (centroids[:, 0] < 0.5) & (centroids[:, 2] < 1.0))
     assert region[len(near.faces):].sum() == 0
+    # a layer just behind the surface that faces the other way is dropped by the normal test
+    back = grid(0, 1, 0, 1, 4, 4, z=-0.02)
+    back = Mesh(back.vertices, back.faces[:, ::-1])
+    gt2 = concat(near, back)
+    both = metrics.facial_region_from_surface(gt2, base, mask, 0.1)
+    facing = metrics.facial_region_from_surface(gt2, base, mask, 0.1, min_cos=0.5)
+    assert both[len(near.faces):].any() and not facing[len(near.faces):].any()
+    np.testing.assert_array_equal(facing[: len(near.faces)], both[: len(near.faces)])
     with pytest.raises(ValueError, match="max_dist_units"):
-        metrics.facial_region_from_base(gt, base, mask, max_dist_units=0.0)
-    with pytest.raises(ValueError, match="base mesh has no uvs"):
-        metrics.facial_region_from_base(gt, Mesh(base.vertices, base.faces), mask, 0.1)
+        metrics.facial_region_from_surface(gt, base, mask, max_dist_units=0.0)
+    with pytest.raises(ValueError, match="no uvs"):
+        metrics.facial_region_from_surface(gt, Mesh(base.vertices, base.faces), mask, 0.1)
+
+
+def test_consistent_patches_split_where_the_winding_turns():
+    g = grid(0, 2, 0, 1, 4, 2)
+    assert len(np.unique(metrics.consistent_patches(g.faces))) == 1
+    left = g.vertices[g.faces].mean(1)[:, 0] < 1.0
+    f = g.faces.copy()
+    f[left] = f[left][:, ::-1]
+    labels = metrics.consistent_patches(f)
+    assert len(np.unique(labels)) == 2
+    assert len(np.unique(labels[left])) == 1 and len(np.unique(labels[~left])) == 1
+
+
+def test_orient_towards_cameras_rewinds_flipped_and_patchy_scans():
+    s = sphere(10.0, subdivisions=4)
+    cams = np.array([[0.0, 0.0, 60.0], [30.0, 0.0, 50.0], [-30.0, 10.0, 50.0]])
+    same, n = metrics.orient_towards_cameras(s.vertices, s.faces, cams, rays_per_camera=4000)
+    assert n == 0 and np.array_equal(same, s.faces)  # a closed, outward surface: the back is not flipped
+    flipped, n = metrics.orient_towards_cameras(s.vertices, s.faces[:, ::-1], cams, rays_per_camera=4000)
+    assert n == len(s.faces) and np.array_equal(flipped, s.faces)
+    # inconsistent: the half x > 0 wound inwards (the cameras see both halves)
+    half = s.vertices[s.faces].mean(1)[:, 0] > 0
+    patchy = s.faces.copy()
+    patchy[half] = patchy[half][:, ::-1]
+    fixed, n = metrics.orient_towards_cameras(s.vertices, patchy, cams, rays_per_camera=4000)
+    assert n == half.sum() and np.array_equal(fixed, s.faces)
+    # and the normal error of a scan against itself: 0, flipped or not, once re-wound
+    err = metrics.surface_metrics(s, Mesh(s.vertices, flipped), all_faces(s), 1.0, n_samples=2000)["normal_error_deg"]
+    assert err < 1e-6
+    assert metrics.surface_metrics(s, Mesh(s.vertices, s.faces[:, ::-1]), all_faces(s), 1.0, n_samples=2000)["normal_error_deg"] > 179
 
 
 # ---------------------------------------------------------------------------------- bad input
