@@ -21,19 +21,34 @@ import time
 
 import numpy as np
 
-from mvfr.atomic_io import save_npy
+from mvfr.atomic_io import save_json, save_npy
 from mvfr.base_maps import base_maps, ground_truth_maps
 from mvfr.capture import load_capture
-from mvfr.datafolder import DataFolder, RawFolder
-from mvfr.fitting import reconstruct_base_mesh
+from mvfr.datafolder import DataFolder, RawFolder, parse_face_id, read_json
+from mvfr.fitting import mm_per_unit_from_fit, reconstruct_base_mesh
 from mvfr.mesh_io import read_mesh, write_obj
 from mvfr.runtime import start_stage
 from mvfr.stage import run_faces, select_face_ids
 from mvfr.template import load_template
 from mvfr.triangulation import landmark_record, save_landmarks, triangulation_summary
+from mvfr.landmarks import detect_upright, upright_quarter_turns
 from mvfr.uv_rasterizer import build_uv_table, load_facial_mask
 
 log = logging.getLogger("gen_maps")
+
+
+SCALE_WARN_FRACTION = 0.3  # warn when a given scale and the template fit's estimate differ by more
+
+
+def record_estimated_scale(folder: DataFolder, fid: str, mm_per_unit: float) -> None:
+    """Write an estimated scale into DATA's Rt_scale_dict.json (merged), noted under ``"estimated"``."""
+    pid, eid = parse_face_id(fid)
+    path = folder.rt_scale_json
+    d = read_json(path, "Rt_scale_dict.json") if path.is_file() else {}
+    d.setdefault(str(pid), {})[str(eid)] = [float(mm_per_unit), np.eye(3, 4).tolist()]
+    d.setdefault("estimated", {})[fid] = ("mm per unit estimated by gen_maps.py from the template fit "
+                                          "(average face size, about +-10 %), not calibrated")
+    save_json(path, d)
 
 
 class MapMaker:
@@ -66,7 +81,7 @@ class MapMaker:
         ]
 
     def done(self, fid: str) -> bool:
-        return all(p.is_file() for p in self.outputs(fid))
+        return all(p.is_file() for p in self.outputs(fid)) and self.folder.recorded_mm_per_unit(fid) is not None
 
     def _tick(self, key: str, t0: float) -> float:
         t = time.perf_counter()
@@ -76,11 +91,16 @@ class MapMaker:
     def process(self, fid: str) -> dict:
         opt, folder = self.opt, self.folder
         t0 = time.perf_counter()
-        cap = load_capture(folder, fid, max_views=opt.if_view_num)
+        recorded = folder.recorded_mm_per_unit(fid)
+        cap = load_capture(folder, fid, max_views=opt.if_view_num, mm_per_unit=1.0 if recorded is None else recorded)
         t = self._tick("load", t0)
         lms, scores = [], []
-        for img in cap.images:
-            lm, score = self.detector.detect(img)
+        turns = upright_quarter_turns(cap.cameras)
+        if any(turns):
+            log.info("%s: views %s are rolled against the rig; detecting them turned upright",
+                     fid, [v for v, k in zip(cap.views, turns) if k])
+        for img, k in zip(cap.images, turns):
+            lm, score = detect_upright(self.detector, img, k)
             lms.append(lm)
             scores.append(score)
         t = self._tick("detect", t)
@@ -98,6 +118,21 @@ class MapMaker:
         try:
             res = reconstruct_base_mesh(lm2d, np.asarray(scores), K, Rt, sizes, self.template,
                                         mm_per_unit=cap.mm_per_unit)
+            estimate = mm_per_unit_from_fit(res.fit)
+            if recorded is None:
+                log.warning("%s: no scale in %s: mm per unit ESTIMATED from the template fit (average face size, "
+                            "about +-10 %%): %.6g; recorded there as estimated. Pass --mm_per_unit to "
+                            "import_capture.py (or fill Rt_scale_dict.json) for a calibrated scale",
+                            fid, folder.rt_scale_json, estimate)
+                cap.mm_per_unit = estimate
+                if abs(estimate - 1.0) > 0.01:  # the fit's robust scale is in mm: fit again with the estimate
+                    res = reconstruct_base_mesh(lm2d, np.asarray(scores), K, Rt, sizes, self.template,
+                                                mm_per_unit=estimate)
+                record_estimated_scale(folder, fid, estimate)
+            elif abs(estimate / recorded - 1.0) > SCALE_WARN_FRACTION:
+                log.warning("%s: the given scale %.6g mm per unit disagrees with the template fit's estimate %.6g "
+                            "by %.0f %% (> %.0f %%); check Rt_scale_dict.json / --mm_per_unit", fid, recorded,
+                            estimate, 100 * abs(estimate / recorded - 1.0), 100 * SCALE_WARN_FRACTION)
         except ValueError as exc:
             raise ValueError(f"face {fid}: {exc}") from None
         t = self._tick("fit", t)

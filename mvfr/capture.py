@@ -27,7 +27,8 @@ class Capture:
         return mm / self.mm_per_unit
 
 
-def load_capture(folder: DataFolder, fid: str, max_views: int | None = None, with_images: bool = True) -> Capture:
+def load_capture(folder: DataFolder, fid: str, max_views: int | None = None, with_images: bool = True,
+                 mm_per_unit: float | None = None) -> Capture:
     """Read the processed views of ``fid`` (those present in its ``params.json``, in select_dict order).
 
     Errors name the file: a missing or corrupt image, a params.json without a key, an image whose
@@ -55,4 +56,5 @@ def load_capture(folder: DataFolder, fid: str, max_views: int | None = None, wit
                     f"{cam.width}x{cam.height}; rerun preprocess_images.py"
                 )
             images.append(img)
-    return Capture(fid, views, images, [cams[v] for v in views], folder.mm_per_unit(fid))
+    mm = folder.mm_per_unit(fid) if mm_per_unit is None else float(mm_per_unit)  # an override: gen_maps estimating it
+    return Capture(fid, views, images, [cams[v] for v in views], mm)

@@ -96,6 +96,14 @@ class _Meta:
                 f"{self.select_dict_json} has no entry [{pid!r}][{eid!r}] for face {fid}; add its view list"
             ) from None
 
+    def recorded_mm_per_unit(self, fid: str) -> float | None:
+        """The face's scale from ``Rt_scale_dict.json``, or None when the file or its entry is missing."""
+        if not self.rt_scale_json.is_file():
+            return None
+        pid, eid = parse_face_id(fid)
+        entry = read_json(self.rt_scale_json, "Rt_scale_dict.json").get(str(pid), {}).get(str(eid))
+        return None if entry is None else self.mm_per_unit(fid)
+
     def mm_per_unit(self, fid: str) -> float:
         """Millimetres per capture unit, ``Rt_scale_dict[str(pid)][str(eid)][0]``; 1.0 without the file."""
         if not self.rt_scale_json.is_file():

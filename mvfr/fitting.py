@@ -373,3 +373,18 @@ def reconstruct_base_mesh(
         new[:, few] = cand[:, few] | (detected[:, few] & vis[:, few])
         cand = new
     return BaseMeshResult(tri, fit, vis, first.tolist())
+
+
+# ------------------------------------------------------------------------------------- scale
+
+TEMPLATE_MM_PER_UNIT = 10.0  # the template is in cm
+
+
+def mm_per_unit_from_fit(fit: TemplateFit, template_mm_per_unit: float = TEMPLATE_MM_PER_UNIT) -> float:
+    """Millimetres per capture unit implied by the similarity of a template fit (template unit -> capture
+    units is ``s``): ``template_mm_per_unit / s``. The template is an average face, so this is as good as
+    the subject's face is average-sized (about +-10 %); a calibrated scale is better when there is one."""
+    s = float(fit.similarity[0])
+    if not s > 0:
+        raise ValueError(f"the template fit has a non-positive scale {s}")
+    return template_mm_per_unit / s

@@ -206,3 +206,77 @@ def mirror_landmark_index() -> np.ndarray:
 def inter_ocular_distance(landmarks: np.ndarray) -> float:
     """Distance between the outer eye corners (landmarks 33 and 263) of ``landmarks [468, D]``."""
     return float(np.linalg.norm(np.asarray(landmarks)[33] - np.asarray(landmarks)[263]))
+
+
+# ------------------------------------------------------------------------------- upright views
+
+
+def _image_up_angles(cameras, up_world: np.ndarray) -> np.ndarray:
+    """Angle (degrees, clockwise from the image's "up") at which ``up_world`` appears in each view."""
+    out = []
+    for cam in cameras:
+        u = np.asarray(cam.Rt)[:, :3] @ up_world  # camera axes: x right, y down
+        out.append(np.degrees(np.arctan2(u[0], -u[1])))
+    return np.asarray(out)
+
+
+def upright_quarter_turns(cameras) -> list[int]:
+    """Counter-clockwise quarter turns ``k`` (0..3) that make each view upright: ``np.rot90(image, k)``.
+
+    "Up" is the rig's consensus: the mean of the cameras' own up axes (``-R[1]`` in world
+    coordinates), refined once with the turned views, so a camera rolled by about 90 or 180 degrees
+    relative to the others (a portrait shot in a landscape rig, an upside-down mount) is turned back
+    before landmark detection, which works on upright faces. A rig whose every camera shares one roll
+    has no reference here; :func:`detect_upright` then falls back to trying every turn.
+    """
+    cams = list(cameras)
+    if not cams:
+        return []
+    ups = np.stack([-np.asarray(c.Rt)[1, :3] for c in cams])
+    turns = np.zeros(len(cams), dtype=int)
+    for _ in range(2):
+        # the up axis of each camera after its turn: rotating the image ccw by k turns its up by -k*90 deg
+        turned = []
+        for c, k, up in zip(cams, turns, ups):
+            R = np.asarray(c.Rt)[:, :3]
+            right = R[0]
+            a = np.radians(90.0 * k)
+            turned.append(np.cos(a) * up + np.sin(a) * right)
+        mean = np.sum(turned, 0)
+        if np.linalg.norm(mean) < 1e-9:
+            return [0] * len(cams)
+        mean /= np.linalg.norm(mean)
+        turns = np.mod(np.round(_image_up_angles(cams, mean) / 90.0).astype(int), 4)
+    return [int(k) for k in turns]
+
+
+def rotated_to_original(pix: np.ndarray, k: int, width: int, height: int) -> np.ndarray:
+    """Pixels ``[N, 2]`` of ``np.rot90(image, k)`` (image ``width x height``) -> pixels of ``image``."""
+    pix = np.array(pix, dtype=np.float64)
+    W, H = width, height
+    sizes = []
+    for _ in range(k % 4):  # the sizes of the intermediate images, first turn first
+        sizes.append((W, H))
+        W, H = H, W
+    for W0, _H0 in reversed(sizes):
+        # one ccw turn of a W0-wide image: (x', y') = (y, W0 - 1 - x)  =>  x = W0 - 1 - y', y = x'
+        pix = np.stack([W0 - 1 - pix[:, 1], pix[:, 0]], 1)
+    return pix
+
+
+def detect_upright(detector, image: np.ndarray, turns: int = 0, try_all: bool = True):
+    """Detect on ``np.rot90(image, turns)`` and map the landmarks back -> ``(landmarks [468, 2] pixels of
+    ``image`` or None, score)``. With ``try_all``, when nothing is found the other turns are tried and
+    the best-scoring detection is kept."""
+    H, W = image.shape[:2]
+    order = [turns % 4] + ([k for k in range(4) if k != turns % 4] if try_all else [])
+    best = (None, 0.0)
+    for k in order:
+        lm, score = detector.detect(np.ascontiguousarray(np.rot90(image, k)) if k else image)
+        if lm is not None:
+            lm = rotated_to_original(lm, k, W, H)
+            if k == order[0]:
+                return lm, score
+            if score > best[1]:
+                best = (lm, score)
+    return best
