@@ -4,7 +4,7 @@
 
 One row per face: its views (valid and invalid, in select_dict order, all scaled to one height),
 then the ground-truth mesoscopic displacement ``RAW/dpmap`` of that face (template UV) as a
-shaded relief, with its range in mm. Works on any RAW tree in the FaceScape layout.
+shaded relief, with its range in mm, and a close-up of it at the outer corner of an eye. Works on any RAW tree in the FaceScape layout.
 """
 
 import argparse
@@ -63,6 +63,15 @@ def main() -> None:
             cv2.putText(t, f"GT detail {dp.min():.2f}..{dp.max():.2f} mm", (6, a.height - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
                         (255, 255, 120), 1, cv2.LINE_AA)
             tiles.append(t)
+            # a close-up at the map's own resolution: the outer corner of an eye (crow's feet, pores)
+            S = dp.shape[0]
+            c = max(S // 5, 16)
+            r0, c0 = int(0.42 * S) - c // 2, int(0.26 * S) - c // 2
+            z = relief(dp[r0 : r0 + c, c0 : c0 + c], texel_mm=0.18 * 1024 / S)
+            z = cv2.resize(z, (a.height, a.height), interpolation=cv2.INTER_CUBIC)
+            cv2.putText(z, f"close-up, {c * 0.18 * 1024 / S:.0f} mm wide", (6, a.height - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                        (255, 255, 120), 1, cv2.LINE_AA)
+            tiles.append(z)
         cv2.putText(tiles[0], fid, (8, a.height - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2, cv2.LINE_AA)
         for k in range(0, len(tiles), a.columns):
             chunk = tiles[k : k + a.columns]
