@@ -181,6 +181,8 @@ def add_dpmap_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dp_mask_feather", type=float, default=4.0, help="main.py: the prediction is faded to 0 outside the facial mask over this many texels (0 = no masking, negative = keep everything)")
     g.add_argument("--input", type=str, default=None, help="main.py: folder of UV textures (*.png/*.jpg) instead of --dataroot (original release's interface)")
     g.add_argument("--output", type=str, default=None, help="main.py: folder for the displacement maps of --input")
+    g.add_argument("--score", action="store_true",
+                   help="main.py: compare the maps with the ground truth RAW/dpmap (synthetic data); plain inference never reads RAW")
     g.add_argument("--dp_smooth_iters", type=int, default=30,
                    help="dpmap2mesh: Taubin smoothing iterations of the reg mesh before the detail is added (0 = none)")
     g.add_argument("--dp_subdiv_levels", type=int, default=-1, help="dpmap2mesh: Loop subdivision levels of the reg mesh (-1 = enough for one vertex per displacement texel, at most 3)")

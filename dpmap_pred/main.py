@@ -12,9 +12,10 @@ stored in the PNG (tEXt ``mvfr_dpmap``) and in ``dp_map_PPP_EE.json`` beside it 
 ``--dp_mask_feather`` texels. With ``--input/--output`` every ``*.png``/``*.jpg`` texture of the
 folder gets ``<name>.png`` (+ ``.json``) in the output folder.
 
-When the ground truth exists (``--facescape_dataroot RAW`` with ``RAW/dpmap``), the Pearson
-correlation, MAE and RMSE inside the facial mask are printed and written to
-``DATA/logs/dpmap/scores_<split>.json``.
+With ``--score`` (and ``--facescape_dataroot RAW`` holding ``RAW/dpmap``, synthetic data), the
+predicted maps of the selected faces are compared with the ground truth: the Pearson correlation,
+MAE and RMSE inside the facial mask are printed and written to ``DATA/logs/dpmap/scores_<split>.json``.
+Plain inference never reads RAW.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ if __package__ in (None, ""):  # run as a script: put the repository root on sys
 
 import numpy as np
 
-from dpmap_pred.encoding import write_dpmap
+from dpmap_pred.encoding import read_dpmap, write_dpmap
 from dpmap_pred.inference import dpmap_scores, feather_weights, load_generator, predict_dpmap, resize_image
 from mvfr.atomic_io import load_image, save_json
 from mvfr.datafolder import DataFolder, RawFolder
@@ -40,6 +41,36 @@ log = logging.getLogger("dpmap_main")
 def predict_masked(net, texture: np.ndarray, size: int, weights: np.ndarray, device) -> np.ndarray:
     """Displacement [size, size] mm of one texture, faded to 0 outside the facial mask."""
     return predict_dpmap(net, texture, size, device) * weights
+
+
+def score_faces(folder: DataFolder, raw: RawFolder, ids: list[str], size: int, split: str) -> dict:
+    """``--score``: the written maps of ``ids`` against ``RAW/dpmap`` inside the facial mask -> per-face
+    and mean Pearson, MAE, RMSE (printed, and saved as ``DATA/logs/dpmap/scores_<split>.json``)."""
+    mask = load_facial_mask(size)
+    scores: dict[str, dict[str, float]] = {}
+    for fid in ids:
+        gt_path = raw.meso_dpmap(fid)
+        if not gt_path.is_file():
+            log.warning("%s: --score, but %s does not exist; not scored", fid, gt_path)
+            continue
+        dp, _ = read_dpmap(folder.dp_map(fid))
+        if dp.shape != (size, size):
+            dp = resize_image(dp, size)
+        gt = np.load(gt_path).astype(np.float32)
+        finite = np.isfinite(gt)
+        gt = resize_image(np.where(finite, gt, 0.0), size)
+        valid = mask & (resize_image(finite.astype(np.float32), size) > 0.999)
+        scores[fid] = dpmap_scores(dp, gt, valid)
+        log.info("%s: Pearson %.3f, MAE %.4f mm", fid, scores[fid]["pearson"], scores[fid]["mae_mm"])
+    if not scores:
+        print("--score: no face has a ground-truth displacement map in RAW/dpmap", file=sys.stderr)
+        return {}
+    mean = {k: float(np.mean([s[k] for s in scores.values()])) for k in next(iter(scores.values()))}
+    doc = {"faces": scores, "mean": mean}
+    save_json(folder.log_dir("dpmap") / f"scores_{split}.json", doc)
+    print("displacement vs ground truth inside the facial mask (mean over faces): "
+          + ", ".join(f"{k} {v:.4f}" for k, v in mean.items()))
+    return doc
 
 
 def main(argv=None) -> int:
@@ -74,28 +105,14 @@ def main(argv=None) -> int:
 
     folder, raw = DataFolder(opt.dataroot), RawFolder(opt.facescape_dataroot)
     start_stage(opt, folder.options_file("dpmap_main"))
-    scores: dict[str, dict[str, float]] = {}
-    mask = load_facial_mask(size)
-
     def process(fid: str) -> None:
         dp = predict_masked(net, load_image(folder.texture(fid)), size, weights, device)
         write_dpmap(folder.dp_map(fid), dp, face_id=fid, **meta)
-        gt_path = raw.meso_dpmap(fid)
-        if gt_path.is_file():
-            gt = np.load(gt_path).astype(np.float32)
-            finite = np.isfinite(gt)
-            gt = resize_image(np.where(finite, gt, 0.0), size)
-            valid = mask & (resize_image(finite.astype(np.float32), size) > 0.999)
-            scores[fid] = dpmap_scores(dp, gt, valid)
-            log.info("%s: Pearson %.3f, MAE %.4f mm", fid, scores[fid]["pearson"], scores[fid]["mae_mm"])
 
-    summary = run_faces(select_face_ids(folder, opt), process, done=lambda fid: folder.dp_map(fid).exists(),
-                        overwrite=opt.overwrite, desc="dpmap_main")
-    if scores:
-        mean = {k: float(np.mean([s[k] for s in scores.values()])) for k in next(iter(scores.values()))}
-        save_json(folder.log_dir("dpmap") / f"scores_{opt.split}.json", {"faces": scores, "mean": mean})
-        print("displacement vs ground truth inside the facial mask (mean over faces): "
-              + ", ".join(f"{k} {v:.4f}" for k, v in mean.items()))
+    ids = select_face_ids(folder, opt)
+    summary = run_faces(ids, process, done=lambda fid: folder.dp_map(fid).exists(), overwrite=opt.overwrite, desc="dpmap_main")
+    if opt.score:
+        score_faces(folder, raw, [f for f in ids if folder.dp_map(f).is_file()], size, opt.split)
     return summary.exit_code()
 
 

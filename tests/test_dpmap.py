@@ -305,12 +305,19 @@ def test_train_resume_predict_and_mesh_end_to_end(tmp_path):
     # The training checkpoint (generator + optimizer) loads as a generator too.
     load_generator(ckpts[-1])
 
-    # Inference on the eval split writes decodable 16-bit maps with the encoding, and scores.
+    # Plain inference on the eval split never reads RAW/dpmap (here: unreadable) and scores nothing ...
+    gt_path = raw.meso_dpmap("002_01")
+    gt_bytes = gt_path.read_bytes()
+    gt_path.write_bytes(b"not a numpy file")
     assert dp_main.main(common + ["--split", "eval", "--dp_checkpoint", str(final)]) == 0
     dp, info = read_dpmap(data.dp_map("002_01"))
     assert dp.shape == (32, 32) and info["face_id"] == "002_01" and info["dp_size"] == 32
+    assert not (data.log_dir("dpmap") / "scores_eval.json").exists()
+    # ... --score does, on the maps already written (the face itself is skipped: its output exists).
+    gt_path.write_bytes(gt_bytes)
+    assert dp_main.main(common + ["--split", "eval", "--dp_checkpoint", str(final), "--score"]) == 0
     scores = json.loads((data.log_dir("dpmap") / "scores_eval.json").read_text())
-    assert -1 <= scores["faces"]["002_01"]["pearson"] <= 1
+    assert -1 <= scores["faces"]["002_01"]["pearson"] <= 1 and scores["faces"]["002_01"]["mae_mm"] > 0
     # The original interface: --input DIR --output DIR.
     out_dir = tmp_path / "out"
     assert dp_main.main(["--input", str(data.texture("001_01").parent), "--output", str(out_dir),
