@@ -296,3 +296,57 @@ def test_script_errors_name_file_and_fix(native, tmp_path, capsys):
     code, err = run("--colmap", tmp_path / "sparse", "--images", images)
     assert code == 2 and "extra.jpg" in err and "have no camera" in err
     assert not (tmp_path / "raw").exists()  # nothing written on bad input
+
+
+# ------------------------------------------------------------------------------- whole chain
+
+
+def run_chain(raw, data, monkeypatch):
+    """preprocess -> gen_maps -> eval_if -> eval_reg -> evaluate at tiny settings with the shipped checkpoints;
+    returns the reg stage's metrics."""
+    import eval_if
+    import eval_reg
+    import evaluate
+    import gen_maps
+    import preprocess_images
+
+    common = ["--dataroot", str(data), "--facescape_dataroot", str(raw), "--split", "eval", "--device", "cpu"]
+    assert preprocess_images.main(common + ["--image_long_side", "256"]) == 0
+    assert gen_maps.main(common + ["--uv_size", "32"]) == 0
+    for mod, name in ((eval_if, "eval_if.py"), (eval_reg, "eval_reg.py")):
+        monkeypatch.setattr("sys.argv", [name, *common, "--uv_size", "32", "--d_size", "31"])
+        assert mod.main() == 0
+    assert evaluate.main(common + ["--stages", "base", "reg", "--n_samples", "5000"]) == 0
+    return json.loads((data / "eval" / "metrics.json").read_text())["mean"]
+
+
+def test_imported_capture_runs_the_chain_like_the_native_one(native, tmp_path, monkeypatch):
+    raw, cams, mm = native
+    images = tmp_path / "images"
+    images.mkdir()
+    for v in cams:
+        shutil.copyfile(raw.image(FID, v), images / f"{v}.jpg")
+    export_colmap_binary(cams, tmp_path / "sparse")
+    out = RawFolder(tmp_path / "raw")
+    assert run_import(out.root, "--colmap", tmp_path / "sparse", "--images", images, "--mm_per_unit", mm,
+                      "--scan", raw.scan(FID)) == 0
+    out.region(FID).parent.mkdir(parents=True)
+    shutil.copyfile(raw.region(FID), out.region(FID))  # the same facial region on the scan for both
+    ref = run_chain(raw.root, tmp_path / "data_native", monkeypatch)
+    got = run_chain(out.root, tmp_path / "data_imported", monkeypatch)
+    d = abs(got["reg"]["chamfer_mm"] - ref["reg"]["chamfer_mm"])
+    print(f"reg chamfer: native {ref['reg']['chamfer_mm']:.6f} mm, imported {got['reg']['chamfer_mm']:.6f} mm, "
+          f"|difference| {d:.2e} mm; base {ref['base']['chamfer_mm']:.4f} / {got['base']['chamfer_mm']:.4f} mm")
+    assert np.isfinite(ref["reg"]["chamfer_mm"]) and d <= 0.01
+
+
+def test_help_lists_every_format():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, str(root / "import_capture.py"), "--help"], capture_output=True, text=True, cwd=root)
+    assert out.returncode == 0
+    for flag in ("--colmap", "--metashape", "--transforms", "--opencv_yaml", "--mm_per_unit", "--scan", "--face_id"):
+        assert flag in out.stdout
