@@ -117,12 +117,12 @@ def run_face(
     }
 
 
+@torch.no_grad()  # scoped, not torch.set_grad_enabled(False): main() also runs inside other programs (tests)
 def main() -> int:
     opt = parse_options("eval_if")
     folder = DataFolder(opt.dataroot)
     start_stage(opt, folder.options_file("eval_if"))
     device = resolve_device(opt.device)
-    torch.set_grad_enabled(False)
     model, ckpt = load_model(opt.if_checkpoint, device)
     log.info("checkpoint %s: step %s, mlp %s", opt.if_checkpoint, ckpt["step"], model.mlp_dim)
     train_opts = ckpt["options"]

@@ -59,6 +59,9 @@ def run_eval_chain(data: DataFolder, raw: RawFolder, per_view, monkeypatch) -> N
         assert module.main() == 0, module.__name__
     assert dp_main.main(common) == 0
     assert dpmap2mesh.main(common + ["--dp_subdiv_levels", "1"]) == 0
+    import torch
+
+    assert torch.is_grad_enabled()  # no stage switches autograd off for the rest of the process
 
 
 def outputs(data: DataFolder) -> dict[str, bytes]:
