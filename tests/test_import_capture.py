@@ -132,6 +132,9 @@ def run_import(out, *args):
 
 def assert_same_cameras(a, b, tol=1e-6):
     assert sorted(a) == sorted(b)
+    worst = max(max(np.abs(a[v].K - b[v].K).max(), np.abs(a[v].Rt - b[v].Rt).max(), np.abs(a[v].dist - b[v].dist).max())
+                for v in a)
+    print(f"max |imported - native| over K, Rt, distortion: {worst:.2e}")
     for v in a:
         np.testing.assert_allclose(a[v].K, b[v].K, atol=tol, rtol=0)
         np.testing.assert_allclose(a[v].Rt, b[v].Rt, atol=tol, rtol=0)
@@ -304,13 +307,24 @@ def test_script_errors_name_file_and_fix(native, tmp_path, capsys):
 def run_chain(raw, data, monkeypatch):
     """preprocess -> gen_maps -> eval_if -> eval_reg -> evaluate at tiny settings with the shipped checkpoints;
     returns the reg stage's metrics."""
+    import torch
+
+    common = ["--dataroot", str(data), "--facescape_dataroot", str(raw), "--split", "eval", "--device", "cpu"]
+    # eval_if.main switches autograd off for the whole process; give it back to the tests that follow
+    request_grad = torch.is_grad_enabled()
+    try:
+        return _chain(raw, data, monkeypatch, common)
+    finally:
+        torch.set_grad_enabled(request_grad)
+
+
+def _chain(raw, data, monkeypatch, common):
     import eval_if
     import eval_reg
     import evaluate
     import gen_maps
     import preprocess_images
 
-    common = ["--dataroot", str(data), "--facescape_dataroot", str(raw), "--split", "eval", "--device", "cpu"]
     assert preprocess_images.main(common + ["--image_long_side", "256"]) == 0
     assert gen_maps.main(common + ["--uv_size", "32"]) == 0
     for mod, name in ((eval_if, "eval_if.py"), (eval_reg, "eval_reg.py")):
