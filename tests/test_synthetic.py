@@ -105,7 +105,8 @@ def test_correspondence_lands_where_the_landmarks_are(model):
     p = correspondence.surface_points(v, tri, bary)
     lm = model.landmarks68
     # MediaPipe 1 (nose tip), 33 / 263 (outer eye corners), 61 / 291 (mouth corners), 152 (chin)
-    for mp, ibug, tol in ((1, 30, 6.0), (33, 36, 5.0), (263, 45, 5.0), (61, 48, 5.0), (291, 54, 5.0), (152, 8, 8.0)):
+    # (the two annotation schemes place the nose tip and the chin a few mm apart)
+    for mp, ibug, tol in ((1, 30, 9.0), (33, 36, 5.0), (263, 45, 5.0), (61, 48, 5.0), (291, 54, 5.0), (152, 8, 9.0)):
         assert np.linalg.norm(p[mp] - v[lm[ibug]]) < tol, (mp, ibug, np.linalg.norm(p[mp] - v[lm[ibug]]))
 
 
