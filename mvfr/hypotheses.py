@@ -357,7 +357,8 @@ def face_crops(
     """One common crop size around the face for every view, so features are computed only there.
 
     The crop of each view covers the projections of ``p +- n * search_units`` of every masked texel
-    in front of the camera, plus ``margin_px``; width and height are even and at most the image's.
+    in front of the camera, plus ``margin_px``; width and height are even, the largest box's (so a crop
+    may reach past a smaller view's border: :func:`crop_views` zero-pads it).
     Returns ``origins [(x0, y0)] per view``, ``width``, ``height`` (pixels).
     """
     p = pos_map[mask].astype(np.float64)
@@ -375,17 +376,30 @@ def face_crops(
         lo = np.clip(pix.min(0) - margin_px, 0, [cam.width - 1, cam.height - 1])
         hi = np.clip(pix.max(0) + margin_px, 0, [cam.width - 1, cam.height - 1])
         boxes.append((lo[0], lo[1], hi[0], hi[1]))
-    max_w = min(c.width for c in cameras)
-    max_h = min(c.height for c in cameras)
-    width = min(max_w, int(np.ceil(max(b[2] - b[0] + 1 for b in boxes) / 2.0)) * 2)
-    height = min(max_h, int(np.ceil(max(b[3] - b[1] + 1 for b in boxes) / 2.0)) * 2)
+    # one size for all views (the features are batched), from the largest face box: a view smaller than
+    # the crop (a portrait view in a landscape rig) is zero-padded by crop_views, never cut
+    width = int(np.ceil(max(b[2] - b[0] + 1 for b in boxes) / 2.0)) * 2
+    height = int(np.ceil(max(b[3] - b[1] + 1 for b in boxes) / 2.0)) * 2
     origins = []
     for cam, (x0, y0, x1, y1) in zip(cameras, boxes):
         cx, cy = 0.5 * (x0 + x1), 0.5 * (y0 + y1)
-        ox = int(np.clip(round(cx - width / 2.0), 0, cam.width - width))
-        oy = int(np.clip(round(cy - height / 2.0), 0, cam.height - height))
+        ox, oy = round(cx - width / 2.0), round(cy - height / 2.0)
+        # inside the image where the crop fits; centred on the face box where it does not
+        ox = int(np.clip(ox, 0, cam.width - width)) if width <= cam.width else int(ox)
+        oy = int(np.clip(oy, 0, cam.height - height)) if height <= cam.height else int(oy)
         origins.append((ox, oy))
     return origins, width, height
+
+
+def _mask_padding(setup: FaceHypotheses, cameras: Sequence[Camera], origins) -> None:
+    """A crop can reach past a smaller view's border (:func:`face_crops`); a texel whose base point
+    projects into that zero padding is not seen in the view (``view_ok`` False there)."""
+    z = setup.hp[..., 2]
+    pix = setup.hp[..., :2] / torch.where(z.abs() < 1e-12, torch.full_like(z, 1e-12), z)[..., None]
+    for v, (cam, (ox, oy)) in enumerate(zip(cameras, origins)):
+        x, y = pix[v, :, 0] + ox, pix[v, :, 1] + oy
+        inside = (x >= -0.5) & (x <= cam.width - 0.5) & (y >= -0.5) & (y <= cam.height - 0.5)
+        setup.view_ok[v] &= inside
 
 
 def crop_views(
@@ -394,7 +408,12 @@ def crop_views(
     """Cut the crops of :func:`face_crops`: -> ``images [V, H, W, 3]`` uint8, ``K [V, 3, 3]``, ``Rt [V, 3, 4]``."""
     out, Ks, Rts = [], [], []
     for img, cam, (ox, oy) in zip(images, cameras, origins):
-        out.append(img[oy : oy + height, ox : ox + width])
+        crop = np.zeros((height, width) + img.shape[2:], dtype=img.dtype)  # zero outside the image
+        x0, y0 = max(ox, 0), max(oy, 0)
+        x1, y1 = min(ox + width, img.shape[1]), min(oy + height, img.shape[0])
+        if x1 > x0 and y1 > y0:
+            crop[y0 - oy : y1 - oy, x0 - ox : x1 - ox] = img[y0:y1, x0:x1]
+        out.append(crop)
         c = crop_camera(cam, ox, oy, width, height)
         Ks.append(c.K)
         Rts.append(c.Rt)
@@ -749,6 +768,7 @@ def load_face_inputs(
     origins, W, H = face_crops(pos_map, norm_map, mask, capture.cameras, search_units, margin_px)
     images, K, Rt = crop_views(capture.images, capture.cameras, origins, W, H)
     setup = build_face_hypotheses(pos_map, norm_map, mask, K, Rt, W, H, d_size, step, base.vertices, base.faces)
+    _mask_padding(setup, capture.cameras, origins)
     out = FaceInputs(fid, images, setup, mask, pos_map, norm_map, capture.mm_per_unit, step,
                      image_long_side=max(max(c.width, c.height) for c in capture.cameras), views=tuple(capture.views))
     if with_gt:

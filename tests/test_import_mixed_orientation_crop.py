@@ -1,12 +1,10 @@
 """Defect [K]: the common crop across views takes the smallest width and height over all views, so a
 capture mixing portrait and landscape images (a user's own rig) silently loses the face's corners.
 
-The crop lives in ``mvfr/hypotheses.py`` (``face_crops``), which another engineer owns; this test pins
-the defect (strict xfail: it fails today and turns into an error the moment the crop is made per
-view, when the marker must go)."""
+The crop (``mvfr/hypotheses.py``, ``face_crops``) now takes the largest face box and
+``crop_views`` zero-pads a view where the crop runs past its border; this test failed before."""
 
 import numpy as np
-import pytest
 
 from mvfr.camera import Camera, project_points
 from mvfr.hypotheses import face_crops
@@ -22,7 +20,6 @@ def _cameras():
     return [portrait, landscape]
 
 
-@pytest.mark.xfail(strict=True, reason="face_crops uses min width/height over views (mvfr/hypotheses.py, not ours)")
 def test_mixed_portrait_landscape_crop_keeps_the_whole_face():
     S = 16
     ys, xs = np.mgrid[0:S, 0:S]
@@ -36,3 +33,15 @@ def test_mixed_portrait_landscape_crop_keeps_the_whole_face():
         assert (pix >= -0.5).all() and (pix[:, 0] <= cam.width - 0.5).all() and (pix[:, 1] <= cam.height - 0.5).all()
         inside = (pix[:, 0] >= ox - 0.5) & (pix[:, 0] <= ox + W - 0.5) & (pix[:, 1] >= oy - 0.5) & (pix[:, 1] <= oy + H - 0.5)
         assert inside.all(), f"crop {W}x{H} at {(ox, oy)} of a {cam.width}x{cam.height} view loses {(~inside).sum()} texels"
+
+
+def test_crop_views_zero_pads_past_the_border():
+    from mvfr.hypotheses import crop_views
+
+    cams = _cameras()
+    imgs = [np.full((c.height, c.width, 3), 200, np.uint8) for c in cams]
+    out, K, _ = crop_views(imgs, cams, [(-10, 0), (0, -5)], 240, 240)
+    assert out.shape == (2, 240, 240, 3)
+    assert (out[0, :, :10] == 0).all() and (out[0, :240, 10:210] == 200).all() and (out[0, :, 210:] == 0).all()
+    assert (out[1, :5] == 0).all() and (out[1, 5:205] == 200).all()
+    assert np.isclose(K[0, 0, 2], cams[0].K[0, 2] + 10)
