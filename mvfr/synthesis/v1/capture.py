@@ -25,6 +25,7 @@ from mvfr.camera import Camera
 from mvfr.datafolder import EXPRESSION_NAMES, RawFolder, face_id
 from mvfr.mesh_io import Mesh
 from mvfr.render import Renderer, RenderMesh
+from mvfr.synthesis.capture import select_views, write_metadata  # noqa: F401  (unchanged in v2: shared)
 from mvfr.synthesis.v1 import appearance, detail, rig, shape
 
 
@@ -225,21 +226,3 @@ def write_capture(raw: RawFolder, cap: SyntheticCapture) -> None:
     save_npy(raw.meso_dpmap(cap.fid), cap.dpmap.astype(np.float32))
     save_npy(raw.landmarks3d(cap.fid), cap.landmarks3d.astype(np.float64))
     write_params(raw.params(cap.fid), cap.cameras)  # last: its presence marks the capture complete
-
-
-def select_views(cap: SyntheticCapture) -> list[int]:
-    """select_dict entry: every view, frontal first (by |yaw|)."""
-    return [int(v) for v in sorted(cap.cameras, key=lambda v: abs(cap.yaw_pitch[v][0]))]
-
-
-def write_metadata(raw: RawFolder, select: dict, rt_scale: dict, ids: list[tuple[int, int]], eval_pids: set[int]) -> None:
-    """``select_dict.json``, ``Rt_scale_dict.json`` and ``id.json`` of the RAW tree."""
-    from mvfr.atomic_io import save_json
-
-    save_json(raw.select_dict_json, select)
-    save_json(raw.rt_scale_json, rt_scale)
-    save_json(raw.id_json, {
-        "train": [face_id(p, e) for p, e in ids if p not in eval_pids],
-        "eval": [face_id(p, e) for p, e in ids if p in eval_pids],
-    })
-

@@ -17,34 +17,14 @@ import numpy as np
 
 from mvfr.camera import Camera
 from mvfr.render import Lighting
+# unchanged in v2: shared, not copied
+from mvfr.synthesis.rig import (  # noqa: F401
+    camera_to_capture_units, distortion_maps, look_at, random_rotation, rt_scale_entry, sample_capture_transform,
+    to_capture_units,
+)
 
 FACE_TARGET_MM = np.array([0.0, 0.0, 20.0])  # where the cameras look, head frame
 HEAD_FRAME_HEIGHT_MM = 300.0  # vertical extent framed by a camera (chin to hair plus margin)
-
-
-def look_at(center: np.ndarray, target: np.ndarray, up: np.ndarray = np.array([0.0, 1.0, 0.0]), roll: float = 0.0) -> np.ndarray:
-    """World->camera ``Rt [3, 4]`` (OpenCV: x right, y down, z forward) of a camera at ``center`` looking at ``target``."""
-    z = target - center
-    z = z / np.linalg.norm(z)
-    x = np.cross(z, up)  # image right
-    x = x / np.linalg.norm(x)
-    y = np.cross(z, x)
-    R = np.stack([x, y, z])
-    if roll:
-        c, s = np.cos(roll), np.sin(roll)
-        R = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]) @ R
-    return np.concatenate([R, (-R @ center)[:, None]], 1)
-
-
-def random_rotation(rng: np.random.Generator) -> np.ndarray:
-    q = rng.normal(size=4)
-    q /= np.linalg.norm(q)
-    w, x, y, z = q
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
 
 
 @dataclasses.dataclass
@@ -96,31 +76,6 @@ def sample_rig(
     return views
 
 
-def sample_capture_transform(rng: np.random.Generator) -> tuple[float, np.ndarray, np.ndarray]:
-    """``(mm_per_unit, R_c [3,3], t_c [3] mm)``: head frame -> capture units is ``(R_c X + t_c) / mm_per_unit``."""
-    mm_per_unit = float(np.exp(rng.uniform(np.log(0.3), np.log(3.0))))
-    return mm_per_unit, random_rotation(rng), rng.uniform(-800, 800, 3)
-
-
-def to_capture_units(points_mm: np.ndarray, mm_per_unit: float, R: np.ndarray, t: np.ndarray) -> np.ndarray:
-    return (points_mm @ R.T + t) / mm_per_unit
-
-
-def camera_to_capture_units(cam: Camera, mm_per_unit: float, R: np.ndarray, t: np.ndarray) -> Camera:
-    """The same physical camera, for world points in capture units (projection unchanged)."""
-    # X_mm = R^T (s X_u - t)  ->  cam = R_cam X_mm + t_cam = (R_cam R^T) s X_u + (t_cam - R_cam R^T t)
-    # camera coordinates in units: divide by s
-    Rc = cam.Rt[:, :3] @ R.T
-    tc = (cam.Rt[:, 3] - Rc @ t) / mm_per_unit
-    return dataclasses.replace(cam, Rt=np.concatenate([Rc, tc[:, None]], 1))
-
-
-def rt_scale_entry(mm_per_unit: float, R: np.ndarray, t: np.ndarray) -> list:
-    """``[mm_per_unit, Rt]`` with ``X_mm = mm_per_unit * (Rt[:, :3] X_units + Rt[:, 3])``."""
-    Rt = np.concatenate([R.T, (-R.T @ t / mm_per_unit)[:, None]], 1)
-    return [float(mm_per_unit), Rt.tolist()]
-
-
 def sample_lighting(rng: np.random.Generator) -> Lighting:
     """One capture's lights (head frame): a key light, a fill light, a rim light, ambient; Lambert + specular."""
     def direction(az, el):
@@ -139,27 +94,3 @@ def sample_lighting(rng: np.random.Generator) -> Lighting:
         directions=np.stack([key, fill, rim]), colors=colors, ambient=(amb, amb, amb * rng.uniform(0.95, 1.08)),
         wrap=rng.uniform(0.1, 0.3), spec_strength=rng.uniform(0.06, 0.16), shininess=rng.uniform(18, 45),
     )
-
-
-def distortion_maps(cam: Camera) -> tuple[np.ndarray, np.ndarray]:
-    """For every pixel of the *distorted* image of ``cam``: where it comes from in the undistorted image.
-
-    Returns ``map_x, map_y [H, W]`` float32 (pixels of the pinhole image with the same K), for
-    ``cv2.remap(undistorted, map_x, map_y)``.
-    """
-    import cv2
-
-    W, H = cam.width, cam.height
-    from scipy.interpolate import RectBivariateSpline
-
-    step = 8  # the map is smooth: solve on a coarse grid, interpolate (cubic splines) in between
-    gx = np.arange(-2 * step, W + 3 * step, step, dtype=np.float64)
-    gy = np.arange(-2 * step, H + 3 * step, step, dtype=np.float64)
-    xs, ys = np.meshgrid(gx, gy)
-    pts = np.stack([xs.ravel(), ys.ravel()], 1).reshape(-1, 1, 2)
-    crit = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 1e-9)
-    und = cv2.undistortPoints(pts, cam.K, cam.dist, R=None, P=cam.K, criteria=crit).reshape(len(gy), len(gx), 2)
-    fx, fy = np.arange(W, dtype=np.float64), np.arange(H, dtype=np.float64)
-    map_x = RectBivariateSpline(gy, gx, und[..., 0])(fy, fx)
-    map_y = RectBivariateSpline(gy, gx, und[..., 1])(fy, fx)
-    return map_x.astype(np.float32), map_y.astype(np.float32)
