@@ -10,7 +10,7 @@ Ground truth written per face (paths from :class:`mvfr.datafolder.RawFolder`), i
   :data:`.head.SCAN_LEVEL` times with the detail applied, eyeballs, teeth, gums and tongue), with
   the ICT uvs per vertex; like a real scan, it does not carry the template's uvs.
 * ``region/<pid>/<k>_<exp>.npy``: ``[V_scan] bool``, the facial region every metric uses (the ICT
-  face area without the neck below the chin: eyelids and lips included, inner mouth and eyeballs not).
+  narrow face area, forehead to chin: eyelids and lips included; ears, neck, inner mouth and eyeballs not).
 * ``landmarks/<pid>/<k>_<exp>.npy``: ``[468, 3]`` float64, the template's landmarks on the scan
   surface, through the fixed template <-> ICT correspondence (:mod:`.correspondence`).
 * ``dpmap/<pid>/<k>_<exp>.npy``: ``[S, S]`` float32 **mm**, the mesoscopic displacement along the

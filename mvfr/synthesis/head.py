@@ -34,7 +34,10 @@ LASH_PARTS = ("eyelashes_left", "eyelashes_right")  # not rendered: opaque strip
 SCAN_LEVEL = 3
 RENDER_LEVEL = 2
 SOLID_LEVEL = 1
-REGION_PARTS = ("face",)  # the facial region of the metrics: the ICT face area (eyes and lips included)
+# The facial region of the metrics: the ICT *narrow* face area (its quads 0-6559: forehead to chin,
+# cheek to cheek, eyelids and lips included; no ears, no neck, no inner mouth, no eyeballs), the part of
+# the head a frontal face scan covers. (The full face area adds the ears and the front of the neck.)
+REGION_QUADS = (0, 6559)
 REGION_EXCLUDE_BELOW_CHIN_MM = 25.0  # the neck below the chin is not face
 
 
@@ -125,7 +128,7 @@ class ScanGeometry:
     vertices: np.ndarray  # [N, 3] mm, head frame
     faces: np.ndarray  # [F, 3]
     uvs: np.ndarray  # [N, 2] ICT uvs (one per vertex; at uv seams one of them)
-    region: np.ndarray  # [N] bool, facial region (face area, eyes and lips included; no inner mouth, no eyeballs)
+    region: np.ndarray  # [N] bool, facial region (narrow face area, eyelids and lips included; see REGION_QUADS)
     smooth_normals: np.ndarray  # [N, 3] normals of the surface before the detail
 
 
@@ -155,7 +158,8 @@ def build_scan(coarse: np.ndarray, height_fn=None, chin_y: float | None = None, 
     verts, faces, uvs, region, normals = [P], [skin.faces], [], [], [n]
     uvs.append(skin.vertex_uvs)
     on_face = np.zeros(len(P), dtype=bool)
-    on_face[skin.faces[np.isin(m.face_part[skin.coarse_face], [ict.PART_NAMES.index(p) for p in REGION_PARTS])].ravel()] = True
+    quad = m.face_quad[skin.coarse_face]
+    on_face[skin.faces[(quad >= REGION_QUADS[0]) & (quad <= REGION_QUADS[1])].ravel()] = True
     if chin_y is not None:
         on_face &= P[:, 1] > chin_y - REGION_EXCLUDE_BELOW_CHIN_MM
     region.append(on_face)
