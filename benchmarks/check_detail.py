@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mvfr.datafolder import face_id  # noqa: E402
 from mvfr.mesh_io import Mesh  # noqa: E402
 from mvfr.metrics import surface_metrics  # noqa: E402
-from mvfr.synthesis import capture, head, ict, meso  # noqa: E402
+from mvfr.synthesis import capture, head, meso  # noqa: E402
 
 
 def main() -> None:
@@ -31,13 +31,12 @@ def main() -> None:
     p.add_argument("--num_exps", type=int, default=3)
     p.add_argument("--albedo_size", type=int, default=2048, help="side of the face-tile detail map, texels")
     a = p.parse_args()
-    m = ict.load_model()
     opt = capture.SynthOptions(seed=a.seed, albedo_size=a.albedo_size)
     stds, angles = [], []
     for pid in range(1, a.num_ids + 1):
         for eid in range(1, a.num_exps + 1):
             _, _, coarse, h = capture.face_detail(pid, eid, opt)
-            chin = float(coarse[m.landmarks68[8], 1])
+            chin = head.chin_y(coarse)
             detailed = head.build_scan(coarse, lambda uv: meso.sample_at(h, uv), chin_y=chin)
             smooth = head.build_scan(coarse, None, chin_y=chin)
             disp = np.einsum("ij,ij->i", detailed.vertices - smooth.vertices, smooth.smooth_normals)

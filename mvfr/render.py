@@ -142,6 +142,19 @@ def projection_matrix(K: np.ndarray, width: int, height: int, near: float, far: 
     return P
 
 
+def view_projection(K: np.ndarray, Rt: np.ndarray, width: int, height: int, bbox: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """The 4x4 GL matrix world -> clip of an OpenCV camera, near/far fitted to a bounding box ``(lo [3], hi [3])``
+    (depth precision)."""
+    lo, hi = bbox
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    zc = corners @ Rt[:, :3].T[:, 2] + Rt[2, 3]
+    far = max(zc.max() * 1.05, 1e-6)
+    near = max(zc.min() * 0.9, far * 1e-3)
+    view = np.eye(4)
+    view[:3] = Rt
+    return projection_matrix(K, width, height, near, far) @ view
+
+
 class Renderer:
     """Offscreen renderer bound to one mesh at a time (upload once, draw from many cameras).
 
@@ -250,15 +263,7 @@ class Renderer:
         lighting = lighting or Lighting()
         K = np.asarray(K, dtype=np.float64)
         Rt = np.asarray(Rt, dtype=np.float64)
-        # near/far from the mesh bounding box (depth precision)
-        lo, hi = self._bbox
-        corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
-        zc = corners @ Rt[:, :3].T[:, 2] + Rt[2, 3]
-        far = max(zc.max() * 1.05, 1e-6)
-        near = max(zc.min() * 0.9, far * 1e-3)
-        view = np.eye(4)
-        view[:3] = Rt
-        mvp = projection_matrix(K, width, height, near, far) @ view
+        mvp = view_projection(K, Rt, width, height, self._bbox)
         center = -Rt[:, :3].T @ Rt[:, 3]
         prog = self.prog
         prog["mvp"].write(mvp.T.astype("f4").tobytes())

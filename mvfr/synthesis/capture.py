@@ -161,7 +161,7 @@ class CameraResponse:
         return np.clip(disp * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
-def _render_view(r: HeadRenderer, cam_mm: Camera, lighting, rng: np.random.Generator, keep_clean: bool, detail_gain: float):
+def _render_view(r: HeadRenderer, cam_mm: Camera, lighting, rng: np.random.Generator, keep_clean: bool):
     """Render one view (mm camera with distortion): the distorted RGB uint8 image (and the clean one:
     undistorted, same exposure and white balance, no defocus or noise)."""
     import cv2
@@ -180,7 +180,7 @@ def _render_view(r: HeadRenderer, cam_mm: Camera, lighting, rng: np.random.Gener
     Kc[0, 2] -= x0
     Kc[1, 2] -= y0
     cw, ch = x1 - x0 + 1, y1 - y0 + 1
-    rgb, alpha = r.render(Kc, cam_mm.Rt, cw, ch, lighting, detail_gain=detail_gain)
+    rgb, alpha = r.render(Kc, cam_mm.Rt, cw, ch, lighting)
     img = rgb + _background(ch, cw, rng) * (1 - alpha[..., None])
     response = CameraResponse.sample(rng)
     clean = response.apply(img[-y0 : -y0 + H, -x0 : -x0 + W], None) if keep_clean else None
@@ -242,20 +242,23 @@ def capture_plan(pid: int, eid: int, opt: SynthOptions) -> CapturePlan:
     return CapturePlan(ew, views, lighting, transform, invalid, rng)
 
 
-def face_detail(pid: int, eid: int, opt: SynthOptions) -> tuple[Person, CapturePlan, np.ndarray, np.ndarray]:
-    """The person, plan, coarse ICT vertices ``[V, 3]`` mm and the face-tile detail map ``h [S, S]`` mm of ``PPP_EE``."""
+def face_head(pid: int, eid: int, opt: SynthOptions) -> tuple[Person, CapturePlan, np.ndarray]:
+    """The person, plan and coarse ICT vertices ``[V, 3]`` mm of ``PPP_EE`` (no detail map: cheap)."""
     plan = capture_plan(pid, eid, opt)  # validates eid
-    m = ict.load_model()
     person = _person(opt.seed, pid, opt.albedo_size, float(opt.identity_scale))
-    coarse = m.head(person.identity_weights, plan.expression_weights)
-    h = meso.displacement_map(person.layout, m, plan.expression_weights, opt.albedo_size,
+    return person, plan, ict.load_model().head(person.identity_weights, plan.expression_weights)
+
+
+def face_detail(pid: int, eid: int, opt: SynthOptions) -> tuple[Person, CapturePlan, np.ndarray, np.ndarray]:
+    """:func:`face_head` and the face-tile detail map ``h [S, S]`` mm of ``PPP_EE``."""
+    person, plan, coarse = face_head(pid, eid, opt)
+    h = meso.displacement_map(person.layout, ict.load_model(), plan.expression_weights, opt.albedo_size,
                               np.random.default_rng([opt.seed, pid, eid, 22]))
     return person, plan, coarse, (h * opt.detail_gain).astype(np.float32)
 
 
 def synthesize_capture(pid: int, eid: int, opt: SynthOptions, renderer: HeadRenderer | None = None) -> SyntheticCapture:
     """Everything of face ``PPP_EE`` in memory (deterministic for ``opt.seed``, pid, eid)."""
-    m = ict.load_model()
     fid = face_id(pid, eid)
     person, plan, coarse, h = face_detail(pid, eid, opt)
     ew, rng = plan.expression_weights, plan.rng
@@ -263,7 +266,7 @@ def synthesize_capture(pid: int, eid: int, opt: SynthOptions, renderer: HeadRend
     def height(uv):
         return meso.sample_at(h, uv)
 
-    scan = head.build_scan(coarse, height, chin_y=float(coarse[m.landmarks68[8], 1]), level=opt.scan_level)
+    scan = head.build_scan(coarse, height, chin_y=head.chin_y(coarse), level=opt.scan_level)
     geom = head.build_render(coarse, height)
     tex = person.textures
     albedo = _cavity_albedo(tex["face_albedo"], h)
@@ -280,7 +283,7 @@ def synthesize_capture(pid: int, eid: int, opt: SynthOptions, renderer: HeadRend
         r.set_textures(textures)
         for k, v in enumerate(views):
             name = str(k)
-            img, cl = _render_view(r, v.camera_mm, lighting, rng, opt.keep_clean, 1.0)
+            img, cl = _render_view(r, v.camera_mm, lighting, rng, opt.keep_clean)
             images[name] = img
             if cl is not None:
                 clean[name] = cl
@@ -295,7 +298,7 @@ def synthesize_capture(pid: int, eid: int, opt: SynthOptions, renderer: HeadRend
     return SyntheticCapture(
         fid=fid, cameras=cams, images=images,
         scan=Mesh(rig.to_capture_units(scan.vertices, s, R, t), scan.faces, scan.uvs), region=scan.region,
-        dpmap=dpmap, landmarks3d=rig.to_capture_units(landmarks_mm, s, R, t), rt_scale=rig.rt_scale_entry(s, R, t),
+        dpmap=dpmap, landmarks3d=rig.to_capture_units(landmarks_mm, s, R, t), rt_scale=plan.rt_scale,
         yaw_pitch=yp, jpeg_quality=quality, expression_weights=ew,
         cameras_mm={str(k): v.camera_mm for k, v in enumerate(views)}, landmarks_mm=landmarks_mm, scan_mm=scan_mm,
         clean=clean if opt.keep_clean else None,

@@ -76,18 +76,10 @@ def snap_to_face(vertices: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, 
 
 
 def _barycentric(p: np.ndarray, tri: np.ndarray) -> np.ndarray:
-    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
-    v0, v1, v2 = b - a, c - a, p - a
-    d00 = (v0 * v0).sum(1)
-    d01 = (v0 * v1).sum(1)
-    d11 = (v1 * v1).sum(1)
-    d20 = (v2 * v0).sum(1)
-    d21 = (v2 * v1).sum(1)
-    den = np.maximum(d00 * d11 - d01 * d01, 1e-30)
-    v = (d11 * d20 - d01 * d21) / den
-    w = (d00 * d21 - d01 * d20) / den
-    out = np.stack([1 - v - w, v, w], 1)
-    out = np.clip(out, 0, 1)
+    """:func:`mvfr.metrics.barycentric`, clipped into the triangle (closest points lie on it)."""
+    from mvfr.metrics import barycentric
+
+    out = np.clip(barycentric(p, tri), 0, 1)
     return out / out.sum(1, keepdims=True)
 
 
@@ -200,7 +192,7 @@ def build(num_identities: int = 10, seed: int = 4242, long_side: int = 1296, ver
         opt = capture.SynthOptions(num_views=14, image_long_side=long_side, num_invalid_views=0, distorted_fraction=0.0,
                                    dpmap_size=16, seed=seed + k // len(expression_ids))
         cap = capture.synthesize_capture(1, eid, opt)
-        _, _, coarse, _ = capture.face_detail(1, eid, opt)
+        _, _, coarse = capture.face_head(1, eid, opt)
         cams, pix = [], []
         views = [v for v in cap.images if abs(cap.yaw_pitch[v][0]) <= MAX_YAW_DEG]
         for v in views:

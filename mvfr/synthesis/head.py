@@ -123,6 +123,11 @@ def part_subdivision(parts: tuple[str, ...], levels: int) -> PartSubdivision:
     return PartSubdivision(vids, sub.S, sub.M, sub.faces, sub.face_uvs, uvs, coarse_face)
 
 
+def chin_y(coarse: np.ndarray) -> float:
+    """y (mm) of the chin (the model's iBUG-68 landmark 8) of coarse ICT vertices ``[V, 3]``."""
+    return float(coarse[ict.load_model().landmarks68[8], 1])
+
+
 @dataclasses.dataclass
 class ScanGeometry:
     vertices: np.ndarray  # [N, 3] mm, head frame

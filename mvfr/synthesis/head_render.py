@@ -24,7 +24,7 @@ import dataclasses
 
 import numpy as np
 
-from mvfr.render import get_context, projection_matrix
+from mvfr.render import get_context, view_projection
 
 MAX_LIGHTS = 6
 
@@ -229,15 +229,8 @@ class HeadRenderer:
             raise RuntimeError("HeadRenderer.render needs set_mesh and set_textures first")
         K = np.asarray(K, dtype=np.float64)
         Rt = np.asarray(Rt, dtype=np.float64)
-        lo, hi = self._bbox
-        corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
-        zc = corners @ Rt[:, :3].T[:, 2] + Rt[2, 3]
-        far = max(zc.max() * 1.05, 1e-6)
-        near = max(zc.min() * 0.9, far * 1e-3)
-        view = np.eye(4)
-        view[:3] = Rt
         p = self.prog
-        p["mvp"].write((projection_matrix(K, width, height, near, far) @ view).T.astype("f4").tobytes())
+        p["mvp"].write(view_projection(K, Rt, width, height, self._bbox).T.astype("f4").tobytes())
         p["cam_pos"].value = tuple((-Rt[:, :3].T @ Rt[:, 3]).astype(float))
         dirs = np.asarray(lighting.directions, dtype=np.float64).reshape(-1, 3)[:MAX_LIGHTS]
         cols = np.asarray(lighting.colors, dtype=np.float64).reshape(-1, 3)[:MAX_LIGHTS]
