@@ -334,22 +334,38 @@ def _chain(raw, data, monkeypatch, common):
     return json.loads((data / "eval" / "metrics.json").read_text())["mean"]
 
 
-def test_imported_capture_runs_the_chain_like_the_native_one(native, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def native_chain(native, tmp_path_factory):
+    """The native RAW through the chain once (the reference of every format)."""
+    raw, _, _ = native
+    mp = pytest.MonkeyPatch()
+    try:
+        return run_chain(raw.root, tmp_path_factory.mktemp("data_native"), mp)
+    finally:
+        mp.undo()
+
+
+@pytest.mark.parametrize("fmt", ["colmap_text", "colmap_bin", "metashape", "transforms"])
+def test_imported_capture_runs_the_chain_like_the_native_one(native, native_chain, tmp_path, monkeypatch, fmt):
     raw, cams, mm = native
     images = tmp_path / "images"
-    images.mkdir()
-    for v in cams:
-        shutil.copyfile(raw.image(FID, v), images / f"{v}.jpg")
-    export_colmap_binary(cams, tmp_path / "sparse")
+    (images / "images").mkdir(parents=True)
+    for v in cams:  # the capture's own JPEGs (a PNG input would be re-encoded: see the round-trip test)
+        shutil.copyfile(raw.image(FID, v), images / ("images" if fmt == "transforms" else "") / f"{v}.jpg")
+    src = {"colmap_text": ("--colmap", tmp_path / "sparse_txt"), "colmap_bin": ("--colmap", tmp_path / "sparse_bin"),
+           "metashape": ("--metashape", tmp_path / "cameras.xml"), "transforms": ("--transforms", tmp_path / "transforms.json")}[fmt]
+    {"colmap_text": export_colmap_text, "colmap_bin": export_colmap_binary, "metashape": export_metashape,
+     "transforms": export_transforms}[fmt](cams, src[1])
+    if fmt == "transforms":
+        src[1].write_text(src[1].read_text().replace(".png", ".jpg"))
     out = RawFolder(tmp_path / "raw")
-    assert run_import(out.root, "--colmap", tmp_path / "sparse", "--images", images, "--mm_per_unit", mm,
-                      "--scan", raw.scan(FID)) == 0
+    assert run_import(out.root, *src, "--images", images, "--mm_per_unit", mm, "--scan", raw.scan(FID)) == 0
     out.region(FID).parent.mkdir(parents=True)
     shutil.copyfile(raw.region(FID), out.region(FID))  # the same facial region on the scan for both
-    ref = run_chain(raw.root, tmp_path / "data_native", monkeypatch)
+    ref = native_chain
     got = run_chain(out.root, tmp_path / "data_imported", monkeypatch)
     d = abs(got["reg"]["chamfer_mm"] - ref["reg"]["chamfer_mm"])
-    print(f"reg chamfer: native {ref['reg']['chamfer_mm']:.6f} mm, imported {got['reg']['chamfer_mm']:.6f} mm, "
+    print(f"{fmt}: reg chamfer native {ref['reg']['chamfer_mm']:.6f} mm, imported {got['reg']['chamfer_mm']:.6f} mm, "
           f"|difference| {d:.2e} mm; base {ref['base']['chamfer_mm']:.4f} / {got['base']['chamfer_mm']:.4f} mm")
     assert np.isfinite(ref["reg"]["chamfer_mm"]) and d <= 0.01
 
