@@ -12,7 +12,12 @@ Writes, per face (atomically; skipped when they exist unless --overwrite):
   DATA/volume/<split>/ori_volume_PPP_EE.npy   [D, S, S] float16 scores (unscored hypotheses of the
                                               c2f search interpolated along d; 0 outside the
                                               searched texels)
-  DATA/pred/if_map/disp_map_PPP_EE.npy        [S, S] float32 argmax displacement along the normal, units
+  DATA/pred/if_map/disp_map_PPP_EE.npy        [S, S] float32 argmax displacement along the normal, units,
+                                              scaled towards 0 (the base surface) where the confidence is low
+  DATA/pred/if_map/conf_PPP_EE.npy            [S, S] float32 confidence in [0, 1]: peak score minus the best
+                                              score beyond 3 sigma (mvfr.confidence); a texel at or below
+                                              --conf_low stays on the base surface, from --conf_high it takes
+                                              the argmax in full
   DATA/pred/if_mesh/if_PPP_EE.obj             UV-grid mesh of pos_map + n * disp over the searched texels
 """
 
@@ -26,6 +31,7 @@ import numpy as np
 import torch
 
 from models import build_implicit_function
+from mvfr import confidence
 from mvfr.atomic_io import save_npy
 from mvfr.datafolder import DataFolder
 from mvfr.hypotheses import FaceInputs, images_to_tensor, load_face_inputs, search_face, step_offsets
@@ -84,9 +90,14 @@ def run_face(
     strides: list[int] | None = None,
     peaks: int = 1,
     rounds: int = 0,
+    exclusion: float | None = None,
+    conf_range: tuple[float, float] = (0.05, 0.2),
 ) -> dict:
-    """Search one face -> ``{"volume": [D, S, S] float32, "disp": [S, S] float32 units, "scored": [S, S] bool}``
-    plus seconds ``features_s``, ``search_s`` and the search's ``timings`` (sampling, mlp, points)."""
+    """Search one face -> ``{"volume": [D, S, S] float32, "disp": [S, S] float32 units, "scored": [S, S] bool,
+    "conf": [S, S] float32}`` plus seconds ``features_s``, ``search_s`` and the search's ``timings``
+    (sampling, mlp, points). ``disp`` is the argmax displacement times
+    :func:`mvfr.confidence.fallback_weight` of the confidence (``conf_range`` = low, high; ``exclusion``
+    the rival-peak radius in steps, default 3 sigma of 1 mm)."""
     setup = face.setup.to(device)
     S, D = setup.size, setup.d_size
     low = low_precision_ok(device) if low_precision is None else low_precision
@@ -100,17 +111,24 @@ def run_face(
     vol = vol.cpu().numpy()
     argmax = argmax.cpu().numpy()
     scored = vol.max(1) > 0  # texels with at least one hypothesis seen by 2 views
-    disp_t = np.where(scored, step_offsets(D)[argmax] * setup.step, 0.0)
+    if exclusion is None:
+        exclusion = confidence.exclusion_steps(1.0, 0.2)
+    conf_t = confidence.score_confidence(vol.T, exclusion)
+    keep = confidence.fallback_weight(conf_t, *conf_range)
+    disp_t = np.where(scored, step_offsets(D)[argmax] * setup.step * keep, 0.0)
     volume = np.zeros((D, S * S), np.float32)
     volume[:, face.mask.ravel()] = vol.T
     disp = np.zeros(S * S, np.float32)
     disp[face.mask.ravel()] = disp_t
     sc = np.zeros(S * S, bool)
     sc[face.mask.ravel()] = scored
+    conf = np.zeros(S * S, np.float32)
+    conf[face.mask.ravel()] = conf_t
     return {
         "volume": volume.reshape(D, S, S),
         "disp": disp.reshape(S, S),
         "scored": sc.reshape(S, S),
+        "conf": conf.reshape(S, S),
         "features_s": t1 - t0,
         "search_s": t2 - t1,
         "timings": timings,
@@ -137,15 +155,18 @@ def main() -> int:
         if warning:
             log.warning(warning)
         out = run_face(model, face, opt.search, opt.num_sample, device, strides=opt.c2f_strides, peaks=opt.c2f_peaks,
-                       rounds=opt.c2f_rounds)
+                       rounds=opt.c2f_rounds, exclusion=confidence.exclusion_steps(opt.sigma, opt.interval_scale),
+                       conf_range=(opt.conf_low, opt.conf_high))
         save_npy(folder.volume(opt.split, fid), out["volume"].astype(np.float16))
+        save_npy(folder.conf_map("if", fid), out["conf"])
         save_npy(folder.if_map(fid), out["disp"])
         pos = face.pos_map + face.norm_map * out["disp"][..., None]
         write_obj(folder.if_mesh(fid), uv_grid_mesh(pos, face.mask))
         log.info("%s: features %.1f s, search (%s) %.1f s", fid, out["features_s"], opt.search, out["search_s"])
 
     def done(fid: str) -> bool:
-        return folder.if_mesh(fid).exists() and folder.volume(opt.split, fid).exists() and folder.if_map(fid).exists()
+        outputs = (folder.if_mesh(fid), folder.volume(opt.split, fid), folder.if_map(fid), folder.conf_map("if", fid))
+        return all(p.exists() for p in outputs)
 
     summary = run_faces(select_face_ids(folder, opt), process, done=done, overwrite=opt.overwrite, desc="eval_if")
     return summary.exit_code()

@@ -10,6 +10,10 @@ counter-clockwise seen from outside, with vt and vn). Refined texels: those eval
 template's facial mask and a thin rim around its outline, where the base surface exists; no ground
 truth needed). The network's width comes from the
 checkpoint. Inference runs under ``torch.no_grad()``, tile by tile (``--reg_tile``, ``--reg_overlap``).
+
+Where the score volume holds no evidence the texel stays on the base surface: the displacement is
+scaled by :func:`mvfr.confidence.fallback_weight` of the volume's confidence smoothed over a few
+texels (``--conf_low``, ``--conf_high``), written to ``pred/reg_map/conf_PPP_EE.npy`` ([S, S] float32).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 import torch
 
 from models.reg_net import build_reg_net
+from mvfr import confidence
 from mvfr.atomic_io import save_npy
 from mvfr.datafolder import DataFolder
 from mvfr.mesh_io import write_obj
@@ -57,15 +62,20 @@ def main() -> int:
         mask = texel_mask(pos, nrm)
         with torch.no_grad():
             steps = predict_steps(model, vol, mask, opt.reg_tile, opt.reg_overlap, device)
+        conf = confidence.smooth_confidence(
+            confidence.score_confidence(vol, confidence.exclusion_steps(opt.sigma, opt.interval_scale)), mask)
+        steps = steps * confidence.fallback_weight(conf, opt.conf_low, opt.conf_high)
+        save_npy(folder.conf_map("reg", fid), conf)
         disp = steps * step_units(opt.interval_scale, folder.mm_per_unit(fid))
         refined = refine_pos_map(pos, nrm, disp, mask)
         save_npy(folder.reg_map(fid), refined)
         write_obj(folder.reg_mesh(fid), uv_grid_mesh(refined, mask))
 
     ids = select_face_ids(folder, opt)
-    summary = run_faces(
-        ids, process, done=lambda f: folder.reg_mesh(f).is_file() and folder.reg_map(f).is_file(), overwrite=opt.overwrite, desc="eval_reg"
-    )
+    def done(fid: str) -> bool:
+        return all(p.is_file() for p in (folder.reg_mesh(fid), folder.reg_map(fid), folder.conf_map("reg", fid)))
+
+    summary = run_faces(ids, process, done=done, overwrite=opt.overwrite, desc="eval_reg")
     return summary.exit_code()
 
 

@@ -12,9 +12,10 @@ scan, capture units), RAW/select_dict.json, id.json, Rt_scale_dict.json. Determi
 
 import sys
 
+import numpy as np
 from tqdm import tqdm
 
-from mvfr.datafolder import RawFolder, face_id
+from mvfr.datafolder import EXPRESSION_NAMES, RawFolder, face_id
 from mvfr.runtime import setup_logging
 from mvfr.synthesis.capture import SynthOptions, capture_plan, synthesize_capture, write_capture, write_metadata
 from options import parse_options
@@ -31,6 +32,17 @@ def _v1_capture(pid: int, eid: int, opt):
     return cap, v1.write_capture, v1.select_views(cap), cap.rt_scale
 
 
+def expression_ids(pid: int, opt) -> list[int]:
+    """The expression ids (1..20) of person ``pid``: the first ``--num_exps``, or with ``--random_exps``
+    ``--num_exps`` distinct ones drawn from ``(--seed, pid)``, in increasing order."""
+    if not 1 <= opt.num_exps <= len(EXPRESSION_NAMES):
+        raise ValueError(f"--num_exps must be between 1 and {len(EXPRESSION_NAMES)}, got {opt.num_exps}")
+    if not opt.random_exps:
+        return list(range(1, opt.num_exps + 1))
+    rng = np.random.default_rng([int(opt.seed), int(pid), 0x455850])
+    return sorted(int(e) + 1 for e in rng.choice(len(EXPRESSION_NAMES), opt.num_exps, replace=False))
+
+
 def main(argv=None) -> int:
     opt = parse_options("gen_synthetic", argv)
     setup_logging()
@@ -45,7 +57,7 @@ def main(argv=None) -> int:
         detail_gain=opt.detail_gain, scan_level=opt.scan_level,
     )
     pids = list(range(opt.first_id, opt.first_id + opt.num_ids))
-    ids = [(p, e) for p in pids for e in range(1, opt.num_exps + 1)]
+    ids = [(p, e) for p in pids for e in expression_ids(p, opt)]
     select, rt_scale = {}, {}
     for pid, eid in tqdm(ids, desc="gen_synthetic", unit="face", file=sys.stderr):
         exists = raw.params(face_id(pid, eid)).is_file() and not opt.overwrite

@@ -66,7 +66,19 @@ def add_if_options(p: argparse.ArgumentParser) -> None:
         help="training: uniform noise (+- mm) added to the offset d the MLP is given, so that the score "
         "comes from photo-consistency rather than a prior that the surface lies near the base mesh (0: off)",
     )
-    g.add_argument("--mlp_dim", type=_int_list, default=[129, 1024, 512, 256, 128, 1], help="MLP widths, '-' separated")
+    g.add_argument("--mlp_dim", type=_int_list, default=[258, 1024, 512, 256, 128, 1],
+                   help="MLP widths, '-' separated; the first is the aggregation: C + 1 variance, 2C + 1 mean and "
+                        "variance, 2C + 2 mean, variance and view count (the default, C = --feature_channels)")
+    g.add_argument("--if_view_subsets", action=argparse.BooleanOptionalAction, default=True,
+                   help="training: each patch sees a random number (2 .. all) of the views that see it, a random subset, "
+                        "so the network learns to score from few views too (--no-if_view_subsets: always every view)")
+    g.add_argument("--if_init", type=str, default=None,
+                   help="training: warm-start weights from this implicit-function checkpoint when there is no checkpoint "
+                        "to resume (a narrower MLP input is widened with zero columns: models.implicit_function.init_from)")
+    g.add_argument("--conf_low", type=float, default=0.05,
+                   help="confidence (peak score minus the best score beyond 3 sigma) at or below which a texel stays on the base surface")
+    g.add_argument("--conf_high", type=float, default=0.2,
+                   help="confidence from which a texel takes its searched displacement in full (linear in between)")
     g.add_argument("--feature_channels", type=int, default=128, help="channels of the per-view CNN feature")
     g.add_argument("--if_learning_rate", type=float, default=1e-4, help="Adam learning rate of the implicit function")
     g.add_argument("--if_training_epoch", type=int, default=20, help="training epochs (passes over the training faces)")
@@ -113,6 +125,9 @@ def add_synthetic_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--out", type=str, default="raw", help="RAW folder to write (FaceScape multi-view layout)")
     g.add_argument("--num_ids", type=int, default=4, help="number of synthetic identities")
     g.add_argument("--num_exps", type=int, default=3, help="expressions per identity (FaceScape order: neutral, smile, mouth_stretch, ...)")
+    g.add_argument("--random_exps", action="store_true",
+                   help="draw each identity's --num_exps expressions at random from FaceScape's 20 (from --seed and the "
+                        "person id) instead of the first --num_exps in FaceScape order")
     g.add_argument("--num_views", type=int, default=10, help="cameras per capture (2 to 16)")
     g.add_argument("--image_long_side", type=int, default=1296, help="long side of the rendered images, in pixels")
     g.add_argument("--num_eval_ids", type=int, default=1, help="identities put in the eval split of id.json")

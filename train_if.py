@@ -5,7 +5,9 @@
 Each epoch visits every training face once (shuffled); a step takes ``--if_faces_per_step`` faces
 (default one) and, for each, ``--points_num`` hypotheses of one random UV patch of that face (a
 disc of radius S/8 texels around a random valid texel; every view is cropped to the patch's
-projections plus a margin, so the CNN runs on a small part of each image): texels drawn where
+projections plus a margin, so the CNN runs on a small part of each image), seen by a random number
+(2 to all) of the views that see the patch's centre, a random subset of them (``--if_view_subsets``,
+on by default: the network must score from two views as well as from ten): texels drawn where
 ``valid_map`` is set, offsets 80% near the ground truth (Gaussian, 2 mm) and 20% uniform over the
 range, label ``exp(-delta^2 / (2 sigma^2))`` (``--sigma`` mm); the loss is the mean squared error,
 averaged over the step's faces. The offset d the MLP is given carries uniform noise of
@@ -36,6 +38,7 @@ import torch
 from tqdm import tqdm
 
 from models import build_implicit_function
+from models.implicit_function import init_from
 from mvfr import distributed
 from mvfr.datafolder import DataFolder
 from mvfr.hypotheses import (
@@ -46,7 +49,9 @@ from mvfr.hypotheses import (
     load_face_inputs,
     patch_crop,
     sample_training_hypotheses,
+    sample_view_subset,
     score_target,
+    subset_views,
     texels_near,
 )
 from mvfr.runtime import resolve_device, start_stage
@@ -57,6 +62,7 @@ from mvfr.training import (
     photometric_augment,
     plot_loss_curve,
     prune_checkpoints,
+    read_checkpoint,
     read_jsonl,
     resume,
     save_checkpoint,
@@ -96,7 +102,10 @@ def face_loss(net: torch.nn.Module, f: FaceInputs, rng: np.random.Generator, gen
     centre = int(rng.choice(f.train_texels))
     patch = texels_near(f.setup, centre, PATCH_RADIUS * f.setup.size)
     patch_train = np.intersect1d(patch, f.train_texels)
-    setup, origins, W, H = patch_crop(f.setup, torch.as_tensor(patch), PATCH_MARGIN_PX)
+    views = np.arange(f.images.shape[0])
+    if opt.if_view_subsets:
+        views = sample_view_subset(f.setup.view_ok[:, centre].numpy(), rng)
+    setup, origins, W, H = patch_crop(subset_views(f.setup, views), torch.as_tensor(patch), PATCH_MARGIN_PX)
     setup = setup.to(device)
     local = np.searchsorted(patch, patch_train)  # train texels as indices into the patch
     sigma_steps = opt.sigma / f.mm_per_unit / f.step
@@ -106,7 +115,7 @@ def face_loss(net: torch.nn.Module, f: FaceInputs, rng: np.random.Generator, gen
     ti_t = torch.as_tensor(ti, device=device)
     steps_t = torch.as_tensor(steps, dtype=torch.float32, device=device)
     target = score_target(steps_t, torch.as_tensor(gt_patch[ti], dtype=torch.float32, device=device), sigma_steps)
-    images = photometric_augment(images_to_tensor(cut_patches(f.images, origins, W, H), device), gen)
+    images = photometric_augment(images_to_tensor(cut_patches(f.images[views], origins, W, H), device), gen)
     jitter = None
     if opt.offset_jitter > 0:
         j = opt.offset_jitter / f.mm_per_unit / f.step
@@ -195,6 +204,9 @@ def main() -> int:
     optimizer = torch.optim.Adam(model.parameters(), lr=opt.if_learning_rate)
     ckpt_dir = folder.checkpoint_dir("if")
     step, _ = resume(ckpt_dir, model, optimizer, fmt=FORMAT)
+    if step == 0 and opt.if_init:
+        skipped = init_from(model, read_checkpoint(opt.if_init, FORMAT)["model"])
+        log.info("warm start from %s%s", opt.if_init, f" (not copied: {', '.join(skipped)})" if skipped else "")
     net = distributed.wrap(model)
     spe = steps_per_epoch(len(faces), per_step)
     total = opt.if_training_epoch * spe

@@ -5,7 +5,10 @@ For a hypothesis seen by V' >= 2 views, the features sampled there give a per-ch
 sigmoid output) that regresses the matching score in (0, 1).
 
 Aggregation follows ``mlp_dim[0]``: ``C + 1`` = variance and offset (the paper's 129 with 128
-channels), ``2 C + 1`` = mean, variance and offset.
+channels), ``2 C + 1`` = mean, variance and offset, ``2 C + 2`` = mean, variance, the number of
+visible views (as ``2 / count``) and offset. The view count matters when a face is seen by few
+views: the variance of two samples is a far noisier statistic than that of ten, and only the
+count lets one MLP weigh it accordingly.
 """
 
 from __future__ import annotations
@@ -16,7 +19,14 @@ import torch
 from torch import nn
 
 from models.feature_net import FeatureNet
-from mvfr.hypotheses import FaceHypotheses, ViewFeatures, aggregate_views, normalise_offset, sample_hypothesis_features
+from mvfr.hypotheses import (
+    FaceHypotheses,
+    ViewFeatures,
+    aggregate_views,
+    normalise_offset,
+    sample_hypothesis_features,
+    view_count_feature,
+)
 
 
 class ImplicitFunction(nn.Module):
@@ -32,15 +42,14 @@ class ImplicitFunction(nn.Module):
         C = int(feature_channels)
         if len(mlp_dim) < 2 or mlp_dim[-1] != 1:
             raise ValueError(f"mlp_dim must have at least 2 widths and end with 1, got {mlp_dim}")
-        if mlp_dim[0] == C + 1:
-            self.use_mean = False
-        elif mlp_dim[0] == 2 * C + 1:
-            self.use_mean = True
-        else:
+        modes = {C + 1: (False, False), 2 * C + 1: (True, False), 2 * C + 2: (True, True)}
+        if mlp_dim[0] not in modes:
             raise ValueError(
-                f"mlp_dim[0] = {mlp_dim[0]} must be feature_channels + 1 = {C + 1} (variance) or "
-                f"2 * feature_channels + 1 = {2 * C + 1} (mean and variance)"
+                f"mlp_dim[0] = {mlp_dim[0]} must be feature_channels + 1 = {C + 1} (variance), "
+                f"2 * feature_channels + 1 = {2 * C + 1} (mean and variance) or 2 * feature_channels + 2 = "
+                f"{2 * C + 2} (mean, variance and view count)"
             )
+        self.use_mean, self.use_count = modes[mlp_dim[0]]
         self.feature_channels = C
         self.mlp_dim = mlp_dim
         self.feature_net = FeatureNet(C)
@@ -66,6 +75,8 @@ class ImplicitFunction(nn.Module):
         ``ok [M]`` bool. bfloat16 samples run the MLP under bfloat16 autocast."""
         mean, var, ok = aggregate_views(samples, vis, zeroed=True)
         parts = [mean, var] if self.use_mean else [var]
+        if self.use_count:
+            parts.append(view_count_feature(vis).to(var.dtype)[:, None])
         x = torch.cat(parts + [d_norm.to(var.dtype)[:, None]], 1)
         low = samples.dtype == torch.bfloat16
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=low):
@@ -98,6 +109,38 @@ class ImplicitFunction(nn.Module):
     ):
         """Training path: ``images [V, 3, H, W]`` -> ``score [M]``, ``ok [M]``."""
         return self.score_hypotheses(self.view_features(images), setup, texel_index, steps, offset_jitter)
+
+
+def init_from(model: ImplicitFunction, state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Warm start ``model`` from another implicit function's weights ``state`` whose MLP input may be
+    narrower (e.g. a variance-only checkpoint into a mean-variance-count model): every tensor of the
+    same shape is copied; the first MLP layer's columns are matched by meaning (variance columns to
+    variance columns, the offset column to the offset column) and new input columns start at zero, so
+    the warm-started model scores exactly as the old one did. Returns the names that were not copied."""
+    own = model.state_dict()
+    C = model.feature_channels
+    skipped = []
+    first = "mlp.0.weight"
+    for name, value in state.items():
+        if name not in own:
+            skipped.append(name)
+        elif own[name].shape == value.shape:
+            own[name] = value.clone()
+        elif name == first and value.shape[0] == own[name].shape[0]:
+            w = torch.zeros_like(own[name])
+            old_in = value.shape[1]
+            old_mean = old_in == 2 * C + 1 or old_in == 2 * C + 2
+            if old_mean and model.use_mean:
+                w[:, : 2 * C] = value[:, : 2 * C]
+            else:  # the old variance block is its first C (no mean) or second C columns (mean)
+                src = value[:, C : 2 * C] if old_mean else value[:, :C]
+                w[:, (C if model.use_mean else 0) : (2 * C if model.use_mean else C)] = src
+            w[:, -1] = value[:, -1]  # the offset is the last input in every mode
+            own[name] = w
+        else:
+            skipped.append(name)
+    model.load_state_dict(own)
+    return skipped
 
 
 def build_implicit_function(options: Mapping[str, Any]) -> ImplicitFunction:

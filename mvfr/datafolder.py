@@ -194,6 +194,12 @@ class DataFolder(_Meta):
     def if_map(self, fid: str) -> Path:
         return self.root / "pred" / "if_map" / f"disp_map_{fid}.npy"
 
+    def conf_map(self, stage: str, fid: str) -> Path:
+        """``pred/<stage>_map/conf_PPP_EE.npy``: the [S, S] float32 confidence beside stage ``if`` or ``reg``'s map."""
+        if stage not in ("if", "reg"):
+            raise ValueError(f"confidence maps exist for stages 'if' and 'reg', not {stage!r}")
+        return self.root / "pred" / f"{stage}_map" / f"conf_{fid}.npy"
+
     def if_mesh(self, fid: str) -> Path:
         return self.root / "pred" / "if_mesh" / f"if_{fid}.obj"
 

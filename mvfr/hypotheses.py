@@ -247,10 +247,38 @@ def aggregate_views(samples: torch.Tensor, vis: torch.Tensor, min_views: int = M
     ok = count >= min_views
     inv = (ok.to(acc) / count.clamp(min=1.0))[:, None]
     mean = x.sum(0) * inv
-    # without autograd the squares may overwrite x (a copy of samples, or samples themselves at inference)
-    sq = x.square_() if not torch.is_grad_enabled() or not x.requires_grad else x * x
-    var = (sq.sum(0) * inv - mean * mean).clamp_(min=0.0)
+    var = ((x * x).sum(0) * inv - mean * mean).clamp_(min=0.0)  # never in place: the caller's samples stay as they were
     return mean, var, ok
+
+
+def view_count_feature(vis: torch.Tensor, min_views: int = MIN_VIEWS) -> torch.Tensor:
+    """``vis [V, M]`` -> ``[M]`` float32 ``min_views / count`` (1 with the fewest views, towards 0 with
+    many; 0 where fewer than ``min_views``): tells the MLP how much a variance of this many views means."""
+    count = vis.sum(0).to(torch.float32)
+    return torch.where(count >= min_views, min_views / count.clamp(min=1.0), torch.zeros_like(count))
+
+
+# ------------------------------------------------------------------------------- view subsets
+
+
+def subset_views(setup: FaceHypotheses, views) -> FaceHypotheses:
+    """The hypothesis set-up restricted to ``views`` (indices into the setup's views, in that order)."""
+    idx = torch.as_tensor(np.asarray(views, dtype=np.int64), device=setup.hp.device)
+    return dataclasses.replace(setup, hp=setup.hp[idx], hn=setup.hn[idx], view_ok=setup.view_ok[idx])
+
+
+def sample_view_subset(seeing: np.ndarray, rng: np.random.Generator, min_views: int = MIN_VIEWS, max_views: int | None = None) -> np.ndarray:
+    """Training views for one patch: ``seeing [V]`` bool (views that see the patch centre) -> sorted
+    indices into all V views: a count drawn uniformly from ``min_views .. n`` (n = number of views
+    that see it, capped by ``max_views``) and that many of the seeing views at random; all seeing
+    views when fewer than ``min_views`` see it (the patch then adds no loss). Views that do not see
+    the centre are left out: they would only add invisible samples."""
+    seeing_idx = np.flatnonzero(np.asarray(seeing, bool))
+    n = len(seeing_idx) if max_views is None else min(len(seeing_idx), int(max_views))
+    if n < min_views:
+        return seeing_idx
+    k = int(rng.integers(min_views, n + 1))
+    return np.sort(rng.choice(seeing_idx, size=k, replace=False))
 
 
 def sample_image_reference(

@@ -1,0 +1,71 @@
+"""Per-texel confidence of a score volume, and the fallback to the base surface where it is low.
+
+The implicit function scores D hypotheses along each texel's normal. Where the photographs say
+something (two or more views see the texel, the surface textured enough to match), the scores have
+one clear peak; where they say nothing (a texel seen by one view, a grazing angle, a flat, shiny
+patch, a view pair too close to triangulate) they are flat or have several peaks of similar height,
+and the argmax lands anywhere in the +-20 mm range. The confidence of a texel is
+
+    conf = peak - rival,   rival = the best score more than ``exclusion`` steps from the peak
+
+in [0, 1]: 0 for a flat or ambiguous score, close to the peak score for one sharp peak (a texel
+seen by fewer than two views has score 0 everywhere, so conf 0). :func:`fallback_weight` turns it
+into the share of the searched displacement a texel keeps: 0 at or below ``low`` (the texel stays
+on the base surface), 1 from ``high``, linear in between. Stage 3 uses the confidence smoothed over
+a few texels (:func:`smooth_confidence`), so a single flat texel among confident ones still takes the
+regulariser's answer (filling it from its neighbours is what the regulariser is for) while a region
+without evidence stays on the base surface.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+EXCLUSION_SIGMAS = 3.0  # the rival peak is searched beyond this many score-target sigmas from the peak
+SMOOTH_TEXELS = 3.0  # std of the spatial smoothing of the confidence for stage 3, in texels at S = 256
+
+
+def score_confidence(volume: np.ndarray, exclusion_steps: float) -> np.ndarray:
+    """``volume [D, ...]`` scores (hypotheses first, any trailing shape: ``[D, S, S]`` or ``[D, T]``)
+    -> confidence ``[...]`` float32 in [0, 1]: the peak score minus the best score more than
+    ``exclusion_steps`` hypotheses away from the peak."""
+    v = np.asarray(volume, dtype=np.float32)
+    if v.ndim < 1 or v.shape[0] < 2:
+        raise ValueError(f"volume must be [D, ...] with D >= 2, got shape {v.shape}")
+    if exclusion_steps < 0:
+        raise ValueError(f"exclusion_steps must be >= 0, got {exclusion_steps}")
+    flat = np.nan_to_num(v.reshape(v.shape[0], -1), nan=0.0)
+    arg = flat.argmax(0)
+    peak = flat.max(0)
+    d = np.arange(flat.shape[0])[:, None]
+    far = np.abs(d - arg[None, :]) > exclusion_steps
+    rival = np.where(far, flat, 0.0).max(0)
+    return np.clip(peak - rival, 0.0, 1.0).astype(np.float32).reshape(v.shape[1:])
+
+
+def exclusion_steps(sigma_mm: float, interval_scale_mm: float) -> float:
+    """The rival-peak exclusion radius in hypothesis steps: :data:`EXCLUSION_SIGMAS` score-target sigmas."""
+    return EXCLUSION_SIGMAS * float(sigma_mm) / float(interval_scale_mm)
+
+
+def fallback_weight(conf: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Share of the searched displacement a texel keeps: 0 for ``conf <= low``, 1 for ``conf >= high``,
+    linear in between (``float32``, same shape)."""
+    if not 0.0 <= low < high:
+        raise ValueError(f"need 0 <= conf_low < conf_high, got {low} and {high}")
+    return np.clip((np.asarray(conf, np.float32) - low) / (high - low), 0.0, 1.0).astype(np.float32)
+
+
+def smooth_confidence(conf: np.ndarray, mask: np.ndarray, sigma_texels: float | None = None) -> np.ndarray:
+    """``conf [S, S]`` averaged over the texels of ``mask`` with a Gaussian of ``sigma_texels``
+    (default :data:`SMOOTH_TEXELS` scaled with S / 256); 0 outside ``mask``."""
+    from scipy import ndimage
+
+    S = conf.shape[0]
+    sigma = SMOOTH_TEXELS * S / 256.0 if sigma_texels is None else float(sigma_texels)
+    m = mask.astype(np.float32)
+    if sigma <= 0:
+        return np.where(mask, conf, 0.0).astype(np.float32)
+    num = ndimage.gaussian_filter(np.where(mask, conf, 0.0).astype(np.float32), sigma, mode="constant")
+    den = ndimage.gaussian_filter(m, sigma, mode="constant")
+    return np.where(mask, num / np.maximum(den, 1e-6), 0.0).astype(np.float32)
