@@ -8,7 +8,8 @@ by ``cos(normal, view ray) ** --tex_power`` and by visibility (an embree depth t
 refined mesh itself, so self-occluded points, e.g. the cheek behind the nose, get no colour from
 that view); colours are averaged, unobserved texels are filled (push-pull). Writes
 ``pred/texture/texture_PPP_EE.png`` (row 0 = v 1) and ``pred/texture/textured_PPP_EE.obj`` + ``.mtl``
-that reference it (opens in MeshLab and Blender). ``--tex_exclude_views`` leaves views out (to test
+that reference it (opens in MeshLab and Blender). ``--tex_surface truth`` (train split) blends on the
+ground-truth surface instead: stage 5's training textures, independent of stages 2-3. ``--tex_exclude_views`` leaves views out (to test
 the texture on a photograph it has not seen, see benchmarks/bench_texture.py).
 """
 
@@ -34,12 +35,23 @@ def main() -> int:
     start_stage(opt, folder.options_file("gen_tex"))
     exclude = set(opt.tex_exclude_views or [])
 
-    def process(fid: str) -> None:
+    if opt.tex_surface == "truth" and opt.split != "train":
+        print("gen_tex.py: --tex_surface truth needs --split train (the ground truth of the training maps)", file=sys.stderr)
+        return 2
+
+    def surface(fid: str, pos: np.ndarray, nrm: np.ndarray) -> np.ndarray:
+        if opt.tex_surface == "truth":
+            mv, valid = np.load(folder.map(opt.split, "mv_map", fid)), np.load(folder.map(opt.split, "valid_map", fid))
+            ok = valid.astype(bool) & np.isfinite(mv)
+            return np.where(ok[..., None], pos + nrm * np.where(ok, mv, 0.0)[..., None], pos).astype(np.float32)
         if not folder.reg_map(fid).is_file():
             raise DataError(f"face {fid} has no regularised surface {folder.reg_map(fid)}; run eval_reg.py first")
-        refined = np.load(folder.reg_map(fid))
+        return np.load(folder.reg_map(fid))
+
+    def process(fid: str) -> None:
         nrm = np.load(folder.map(opt.split, "norm_map", fid))
         pos = np.load(folder.map(opt.split, "pos_map", fid))
+        refined = surface(fid, pos, nrm)
         mask = texel_mask(pos, nrm)
         cap = load_capture(folder, fid, max_views=opt.if_view_num)
         keep = [k for k, v in enumerate(cap.views) if v not in exclude]

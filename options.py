@@ -117,6 +117,10 @@ def add_tex_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tex_uv_size", type=int, default=1024, help="side of the blended UV texture, in texels")
     g.add_argument("--tex_power", type=float, default=2.0, help="view weight = cos(normal, view ray) ** power")
     g.add_argument("--tex_min_cos", type=float, default=0.1, help="views seeing a point at a cosine below this get no weight")
+    g.add_argument("--tex_surface", choices=("reg", "truth"), default="reg",
+                   help="surface the views are blended on: the regularised one (pred/reg_map, inference) or, for the train "
+                        "split only, the ground truth (base pos_map + norm_map * mv_map where valid_map): training textures "
+                        "for stage 5 that do not depend on stages 2-3")
     g.add_argument("--tex_exclude_views", type=str, nargs="*", default=[], help="view names left out of blending (e.g. to test on them)")
 
 
