@@ -82,6 +82,8 @@ def add_if_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--feature_channels", type=int, default=128, help="channels of the per-view CNN feature")
     g.add_argument("--if_learning_rate", type=float, default=1e-4, help="Adam learning rate of the implicit function")
     g.add_argument("--if_training_epoch", type=int, default=20, help="training epochs (passes over the training faces)")
+    g.add_argument("--if_max_minutes", type=float, default=0.0,
+                   help="stop training after this many minutes, with the final checkpoint written (0 = no limit)")
     g.add_argument("--if_faces_per_step", type=int, default=0,
                    help="training faces per optimiser step (the global batch, split over torchrun processes); 0 = one per process")
     g.add_argument("--if_checkpoint", type=str, default="predefine_data/checkpoint_if.pt", help="checkpoint to evaluate")

@@ -214,7 +214,14 @@ def main() -> int:
     logger = JsonlLogger(log_path, resume_step=step) if is_main else None
 
     bar = tqdm(total=total, initial=min(step, total), desc="train_if", unit="step", file=sys.stderr, disable=not is_main)
+    started = time.time()
     while step < total:
+        if opt.if_max_minutes > 0 and distributed.broadcast_object(time.time() - started > 60 * opt.if_max_minutes):
+            log.warning("stopping after --if_max_minutes %.1f at step %d of %d", opt.if_max_minutes, step, total)
+            if is_main:
+                save_checkpoint(checkpoint_path(ckpt_dir, step), model, optimizer, step, step // spe, trained, FORMAT)
+                prune_checkpoints(ckpt_dir, keep=3)
+            break
         t0 = time.time()
         record = train_step(net, optimizer, faces, step, opt, device)
         epoch = step // spe
