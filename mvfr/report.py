@@ -156,6 +156,22 @@ def surface_figures(folder: DataFolder, raw: RawFolder, fid: str, size: int = 90
     return row1, row2
 
 
+def confidence_figure(folder: DataFolder, fid: str, scale: int = 2) -> np.ndarray | None:
+    """The IF and reg confidence maps of ``fid`` side by side in UV (``pred/*_map/conf_PPP_EE.npy``; dark = no
+    evidence, the texel stays on the base surface), ``scale`` x enlarged; None when neither exists."""
+    panels = []
+    for stage in ("if", "reg"):
+        path = folder.conf_map(stage, fid)
+        if not path.is_file():
+            continue
+        conf = np.clip(np.load(path).astype(np.float32), 0.0, 1.0)
+        rgb = cv2.applyColorMap((conf * 255).astype(np.uint8), cv2.COLORMAP_VIRIDIS)[..., ::-1]
+        rgb = np.ascontiguousarray(np.where((conf > 0)[..., None], rgb, 40).astype(np.uint8))
+        rgb = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+        panels.append(label(rgb, f"{stage} confidence"))
+    return hstack(panels) if panels else None
+
+
 def metrics_table_html(doc: dict) -> str:
     keys = list(METRIC_KEYS)
     head = "".join(f"<th>{html.escape(k)}</th>" for k in ["face", "stage", *keys])
@@ -197,6 +213,11 @@ def write_report(folder: DataFolder, raw: RawFolder, face_ids: list[str], max_fa
         if lm is not None:
             save_image(out / f"{fid}_landmarks.png", lm)
             parts.append(f'<p>Input views and detected landmarks</p><img src="{fid}_landmarks.png">')
+        conf = confidence_figure(folder, fid)
+        if conf is not None:
+            save_image(out / f"{fid}_confidence.png", conf)
+            parts.append(f'<p>Confidence in UV (peak score minus the best rival beyond 3 sigma; 0 = the base surface '
+                         f'is kept; reg: smoothed over a few texels)</p><img src="{fid}_confidence.png">')
         figs = surface_figures(folder, raw, fid)
         if figs is not None:
             save_image(out / f"{fid}_surfaces.png", figs[0])
