@@ -45,9 +45,8 @@ TRAIN_STAGES = [
     ("gen_tex", "gen_tex.py", []),
     ("dpmap_train", "dpmap_pred/train.py", []),
 ]
-DEMO_IMAGE_LONG_SIDE = 648  # the resolution the shipped checkpoints were trained at
 DEMO_SYNTHETIC = ["--num_ids", "3", "--num_exps", "1", "--num_views", "11", "--num_eval_ids", "3", "--first_id", "901",
-                  "--image_long_side", str(DEMO_IMAGE_LONG_SIDE), "--seed", "2026"]
+                  "--seed", "2026"]  # rendered at the resolution the shipped IF checkpoint was trained at
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -59,8 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--to", dest="stop", default=None, help="last stage to run (a stage name)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="compute device of every stage")
     p.add_argument("--image_long_side", type=int, default=None,
-                   help="long side of the processed images, in pixels (default: the resolution the IF checkpoint "
-                        "was trained at, stored in it: 648 for the shipped one)")
+                   help="long side of the processed images, in pixels (default: the resolution the shipped IF "
+                        "checkpoint was trained at, stored in it)")
     p.add_argument("--overwrite", action="store_true", help="recompute outputs that exist")
     p.add_argument("--ids", nargs="*", default=None, help="only these face ids (PPP_EE)")
     p.add_argument("--demo", action="store_true", help="synthesise demo_data/raw, run the eval chain into demo_data/data")
@@ -141,10 +140,11 @@ def demo(opt: argparse.Namespace) -> int:
     opt.facescape_dataroot = str(demo_dir / "raw")
     opt.dataroot = str(demo_dir / "data")
     opt.split = "eval"
-    opt.image_long_side = DEMO_IMAGE_LONG_SIDE
     if not (demo_dir / "raw" / "id.json").is_file():
         print("=== synthesising the demo capture set ===", flush=True)
-        rc = subprocess.call([sys.executable, str(ROOT / "gen_synthetic.py"), "--out", opt.facescape_dataroot, *DEMO_SYNTHETIC], cwd=ROOT)
+        argv = [sys.executable, str(ROOT / "gen_synthetic.py"), "--out", opt.facescape_dataroot, *DEMO_SYNTHETIC,
+                "--image_long_side", str(opt.image_long_side)]
+        rc = subprocess.call(argv, cwd=ROOT)
         if rc:
             return rc
     return run(opt)

@@ -56,7 +56,6 @@ def test_shipped_if_checkpoint_stores_its_real_training_resolution_and_run_pipel
 
     assert read_checkpoint("predefine_data/checkpoint_if.pt")["options"]["image_long_side"] == 648
     assert run_pipeline.checkpoint_image_long_side() == 648
-    assert run_pipeline.DEMO_IMAGE_LONG_SIDE == 648
     assert run_pipeline.checkpoint_image_long_side(run_pipeline.ROOT / "no_such.pt") == 1296
 
 
