@@ -78,7 +78,8 @@ def add_if_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--conf_low", type=float, default=0.05,
                    help="confidence (peak score minus the best score beyond 3 sigma) at or below which a texel stays on the base surface")
     g.add_argument("--conf_high", type=float, default=0.2,
-                   help="confidence from which a texel takes its searched displacement in full (linear in between)")
+                   help="confidence from which a texel takes its searched displacement in full (linear in between; "
+                        "0: no fallback, every texel takes its searched displacement)")
     g.add_argument("--feature_channels", type=int, default=128, help="channels of the per-view CNN feature")
     g.add_argument("--if_learning_rate", type=float, default=1e-4, help="Adam learning rate of the implicit function")
     g.add_argument("--if_training_epoch", type=int, default=20, help="training epochs (passes over the training faces)")

@@ -50,7 +50,9 @@ def exclusion_steps(sigma_mm: float, interval_scale_mm: float) -> float:
 
 def fallback_weight(conf: np.ndarray, low: float, high: float) -> np.ndarray:
     """Share of the searched displacement a texel keeps: 0 for ``conf <= low``, 1 for ``conf >= high``,
-    linear in between (``float32``, same shape)."""
+    linear in between (``float32``, same shape); ``high == 0`` turns the fallback off (1 everywhere)."""
+    if high == 0:
+        return np.ones(np.shape(conf), np.float32)
     if not 0.0 <= low < high:
         raise ValueError(f"need 0 <= conf_low < conf_high, got {low} and {high}")
     return np.clip((np.asarray(conf, np.float32) - low) / (high - low), 0.0, 1.0).astype(np.float32)

@@ -93,6 +93,7 @@ def test_fallback_weight_ramp():
     assert np.allclose(w, [0, 0, 0.5, 1, 1])
     with pytest.raises(ValueError):
         confidence.fallback_weight(np.zeros(2), 0.3, 0.2)
+    assert np.all(confidence.fallback_weight(np.zeros(3), 0.05, 0.0) == 1)  # --conf_high 0: no fallback
 
 
 def test_flat_score_texel_stays_on_the_base_surface_in_eval_if():
