@@ -33,7 +33,8 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataroot", type=str, default="data", help="DATA_FOLDER: processed tree every stage reads and writes")
     g.add_argument("--facescape_dataroot", type=str, default="raw", help="RAW: FaceScape multi-view tree (images, params.json, scans)")
     g.add_argument("--split", choices=("train", "eval"), default="eval", help="which face ids of id.json to process")
-    g.add_argument("--ids", type=str, nargs="*", default=None, help="process only these face ids (PPP_EE); default: all of --split")
+    g.add_argument("--ids", type=str, nargs="*", default=None, help="process only these face ids (PPP_EE), or shell-style patterns matched against id.json "
+                        "(quoted, e.g. '01?_*' = persons 010-019); default: all of --split")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="compute device; auto = cuda when available")
     g.add_argument("--overwrite", action="store_true", help="recompute faces whose outputs already exist")
     g.add_argument("--seed", type=int, default=0, help="random seed of this stage")

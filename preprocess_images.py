@@ -9,10 +9,10 @@ without a key) is reported and skipped; the others go on; the exit status is the
 
 import sys
 
-from mvfr.datafolder import DataFolder, RawFolder, face_id, parse_face_id
+from mvfr.datafolder import DataFolder, RawFolder
 from mvfr.preprocess import all_face_ids, copy_metadata, preprocess_face
 from mvfr.runtime import start_stage
-from mvfr.stage import run_faces
+from mvfr.stage import expand_ids, run_faces
 from options import parse_options
 
 
@@ -21,7 +21,7 @@ def main(argv=None) -> int:
     raw, data = RawFolder(opt.facescape_dataroot), DataFolder(opt.dataroot)
     start_stage(opt, data.options_file("preprocess_images"))
     copy_metadata(raw, data)
-    ids = [face_id(*parse_face_id(f)) for f in opt.ids] if opt.ids else all_face_ids(raw)
+    ids = expand_ids(opt.ids, raw) if opt.ids else all_face_ids(raw)
     summary = run_faces(
         ids,
         lambda fid: preprocess_face(raw, data, fid, opt.image_long_side, opt.if_view_num),

@@ -30,7 +30,8 @@ from tqdm import tqdm
 
 from models.reg_net import RegNet3D
 from mvfr import distributed
-from mvfr.datafolder import DataFolder, face_id, parse_face_id
+from mvfr.stage import expand_ids
+from mvfr.datafolder import DataFolder
 from mvfr.regularisation import (
     gt_steps,
     load_volume,
@@ -120,7 +121,7 @@ def main() -> int:
     start_stage(opt, folder.options_file("train_reg") if is_main else None)  # same seed, same initial weights on every rank
     distributed.check_global_batch(opt.reg_batch_size, "--reg_batch_size")
 
-    ids = [face_id(*parse_face_id(f)) for f in opt.ids] if opt.ids else folder.face_ids("train")
+    ids = expand_ids(opt.ids, folder) if opt.ids else folder.face_ids("train")
     faces = []
     for fid in tqdm(ids, desc="load volumes", unit="face", file=sys.stderr, disable=not is_main):
         if not folder.volume("train", fid).is_file():

@@ -61,10 +61,37 @@ def shard(ids: list[str]) -> list[str]:
     return ids[rank::world]
 
 
+def expand_ids(patterns, folder) -> list[str]:
+    """``--ids`` entries -> face ids: a plain id (``7_3``, ``007_03``) as it is, normalised; an entry with
+    shell wildcards (``'01?_*'``: persons 010-019; quote it in the shell) -> every id of ``folder``'s
+    id.json (train, then eval) it matches, in that order. A pattern that matches nothing is an error."""
+    import fnmatch
+
+    out: list[str] = []
+    known: list[str] | None = None
+    for entry in patterns:
+        if not any(c in entry for c in "*?["):
+            out.append(face_id(*parse_face_id(entry)))
+            continue
+        if known is None:
+            known = []
+            for split in ("train", "eval"):
+                try:
+                    known += folder.face_ids(split)
+                except DataError:
+                    pass
+        hits = [f for f in known if fnmatch.fnmatchcase(f, entry)]
+        if not hits:
+            raise DataError(f"--ids pattern {entry!r} matches no face id of {folder.id_json}")
+        out += hits
+    return list(dict.fromkeys(out))
+
+
 def select_face_ids(folder: DataFolder, opt, sharded: bool = True) -> list[str]:
-    """``--ids`` when given, else every id of ``--split`` in ``id.json``; sharded by rank under torchrun."""
+    """``--ids`` when given (ids or shell-style patterns, :func:`expand_ids`), else every id of
+    ``--split`` in ``id.json``; sharded by rank under torchrun."""
     if opt.ids:
-        ids = [face_id(*parse_face_id(f)) for f in opt.ids]
+        ids = expand_ids(opt.ids, folder)
     else:
         ids = folder.face_ids(opt.split)
     if not ids:

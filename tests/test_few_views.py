@@ -144,3 +144,15 @@ def test_flat_score_region_stays_on_the_base_surface_in_eval_reg(tmp_path):
     out = steps * confidence.fallback_weight(conf, 0.05, 0.2)
     assert np.abs(out[:, -8:]).max() == 0.0  # the flat half stays on the base surface
     assert np.abs(out[:, :8] - 10).max() < 1.0  # the peaked half keeps its displacement
+
+
+def test_ids_patterns_expand_against_id_json(tmp_path):
+    from mvfr.datafolder import DataError, DataFolder
+    from mvfr.stage import expand_ids
+
+    folder = DataFolder(tmp_path)
+    (tmp_path / "id.json").write_text('{"train": ["001_01", "002_03", "010_01", "011_02"], "eval": ["021_04"]}')
+    assert expand_ids(["00?_*"], folder) == ["001_01", "002_03"]
+    assert expand_ids(["01?_*", "21_4", "010_01"], folder) == ["010_01", "011_02", "021_04"]
+    with pytest.raises(DataError, match="matches no face id"):
+        expand_ids(["3??_*"], folder)
