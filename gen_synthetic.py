@@ -8,6 +8,11 @@ RAW/imgs/<pid>/<k>_<exp>/<view>.jpg + params.json, RAW/mesh/<pid>/<k>_<exp>.ply 
 the ICT topology, capture units), RAW/region/... (bool per scan vertex: the facial region),
 RAW/dpmap/... (mesoscopic displacement, mm, template UV), RAW/landmarks/... (468 3D landmarks on the
 scan, capture units), RAW/select_dict.json, id.json, Rt_scale_dict.json. Deterministic for a seed.
+
+After a template UV change, ``--dpmap_only`` (same options as the tree was made with) rewrites only
+RAW/dpmap of the captures that exist, from the seed, without rendering:
+
+    python gen_synthetic.py --out RAW <the tree's options> --dpmap_only
 """
 
 import sys
@@ -17,7 +22,7 @@ from tqdm import tqdm
 
 from mvfr.datafolder import EXPRESSION_NAMES, RawFolder, face_id
 from mvfr.runtime import setup_logging
-from mvfr.synthesis.capture import SynthOptions, capture_plan, synthesize_capture, write_capture, write_metadata
+from mvfr.synthesis.capture import SynthOptions, capture_dpmap, capture_plan, synthesize_capture, write_capture, write_metadata
 from options import parse_options
 
 
@@ -43,6 +48,24 @@ def expression_ids(pid: int, opt) -> list[int]:
     return sorted(int(e) + 1 for e in rng.choice(len(EXPRESSION_NAMES), opt.num_exps, replace=False))
 
 
+def _rewrite_dpmaps(raw: RawFolder, ids, sopt, opt) -> int:
+    """``--dpmap_only``: rewrite RAW/dpmap of every existing capture of ``ids`` (template UV of today)."""
+    from mvfr.atomic_io import save_npy
+
+    if opt.world != "v2":
+        print("gen_synthetic.py: --dpmap_only works for --world v2 only", file=sys.stderr)
+        return 2
+    done = 0
+    for pid, eid in tqdm(ids, desc="gen_synthetic --dpmap_only", unit="face", file=sys.stderr):
+        fid = face_id(pid, eid)
+        if not raw.params(fid).is_file():
+            continue  # not generated (yet): a later full run writes its dpmap in the current UV anyway
+        save_npy(raw.meso_dpmap(fid), capture_dpmap(pid, eid, sopt))
+        done += 1
+    print(f"rewrote {done} dpmaps ({sopt.dpmap_size} x {sopt.dpmap_size}, template UV) in {raw.root}")
+    return 0
+
+
 def main(argv=None) -> int:
     opt = parse_options("gen_synthetic", argv)
     setup_logging()
@@ -58,6 +81,8 @@ def main(argv=None) -> int:
     )
     pids = list(range(opt.first_id, opt.first_id + opt.num_ids))
     ids = [(p, e) for p in pids for e in expression_ids(p, opt)]
+    if opt.dpmap_only:
+        return _rewrite_dpmaps(raw, ids, sopt, opt)
     select, rt_scale = {}, {}
     for pid, eid in tqdm(ids, desc="gen_synthetic", unit="face", file=sys.stderr):
         exists = raw.params(face_id(pid, eid)).is_file() and not opt.overwrite

@@ -159,6 +159,11 @@ def add_synthetic_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scan_level", type=int, default=3, choices=(1, 2, 3),
                    help="Loop levels of the ground-truth scan's skin (3: edges of about 0.37 mm on the face; 2: 0.73 mm, quicker)")
     g.add_argument("--overwrite", action="store_true", help="regenerate captures whose params.json already exists")
+    g.add_argument("--dpmap_only", action="store_true",
+                   help="rewrite only RAW/dpmap/<pid>/<k>_<exp>.npy of the captures already in --out (v2 only), "
+                        "recomputed from --seed without rendering (e.g. after a template UV change); the other "
+                        "options must be the ones the tree was generated with (--seed, --dpmap_size, --albedo_size, "
+                        "--detail_gain, --num_ids, --num_exps, ...); images, scans and metadata are left alone")
 
 
 def add_mkdirs_options(p: argparse.ArgumentParser) -> None:

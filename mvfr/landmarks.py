@@ -194,9 +194,9 @@ def mirror_landmark_index() -> np.ndarray:
     """``[468]`` int: landmark i's left-right mirror partner on the (exactly symmetric) template."""
     from scipy.spatial import cKDTree
 
-    from mvfr.template import load_template
+    from mvfr.template import load_canonical_face
 
-    v = load_template().vertices
+    v = load_canonical_face().vertices
     dist, idx = cKDTree(v).query(v * [-1.0, 1.0, 1.0])
     if dist.max() > 1e-6 or not (idx[idx] == np.arange(len(v))).all():
         raise RuntimeError("the template is not left-right symmetric; cannot mirror landmarks")

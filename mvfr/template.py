@@ -14,7 +14,8 @@ import numpy as np
 from mvfr.mesh_io import Mesh, read_obj
 
 PREDEFINE_DIR = Path(__file__).resolve().parent.parent / "predefine_data"
-TEMPLATE_OBJ = PREDEFINE_DIR / "canonical_face_model.obj"
+CANONICAL_FACE_OBJ = PREDEFINE_DIR / "canonical_face_model.obj"
+TEMPLATE_OBJ = CANONICAL_FACE_OBJ
 LANDMARK_MODEL = PREDEFINE_DIR / "face_landmarker_v2.task"
 FACIAL_MASK_PNG = PREDEFINE_DIR / "facial_mask.png"
 NUM_LANDMARKS = 468
@@ -33,3 +34,12 @@ def load_template(path: str | Path | None = None) -> Mesh:
     """The template mesh with per-vertex uvs (``uvs[i]`` belongs to ``vertices[i]``); a fresh copy."""
     m = _load(str(path or TEMPLATE_OBJ))
     return Mesh(m.vertices.copy(), m.faces.copy(), m.uvs.copy(), m.face_uvs.copy())
+
+
+def load_canonical_face() -> Mesh:
+    """MediaPipe's canonical face (468 vertices = the landmarks, 898 triangles, cm, its own uvs); a fresh copy.
+
+    For what needs the landmark mesh itself, whatever :data:`TEMPLATE_OBJ` is: the frozen v1
+    synthesiser (``mvfr/synthesis/v1``), landmark symmetry.
+    """
+    return load_template(CANONICAL_FACE_OBJ)

@@ -256,3 +256,27 @@ def test_v1_world_still_reproduces_its_data(tmp_path):
     assert np.array_equal(read_ply(a.scan("001_01")).vertices, read_ply(b.scan("001_01")).vertices)
     assert read_ply(a.scan("001_01")).uvs is not None  # v1 scans carry the template's uvs
     assert not a.region("001_01").exists()
+
+
+def test_dpmap_only_rewrite_equals_full_generation(tiny_raw, tmp_path):
+    """``--dpmap_only`` rewrites RAW/dpmap from the seed alone: the same bytes a full run writes, nothing else touched."""
+    import shutil
+
+    import gen_synthetic
+
+    copy = tmp_path / "raw"
+    shutil.copytree(tiny_raw.root, copy)
+    raw = RawFolder(copy)
+    fids = json.loads(raw.id_json.read_text())["train"] + json.loads(raw.id_json.read_text())["eval"]
+    full = {f: np.load(raw.meso_dpmap(f)) for f in fids}
+    image = raw.image(fids[0], "0")
+    stamp = image.stat().st_mtime_ns
+    for f in fids:
+        np.save(raw.meso_dpmap(f), np.zeros_like(full[f]))
+    assert gen_synthetic.main(["--out", str(copy), "--dpmap_only"] + TINY) == 0
+    for f in fids:
+        again = np.load(raw.meso_dpmap(f))
+        assert again.dtype == np.float32 and np.abs(again).max() > 0
+        np.testing.assert_array_equal(again, full[f])
+    assert image.stat().st_mtime_ns == stamp
+    assert gen_synthetic.main(["--out", str(copy), "--dpmap_only", "--world", "v1"] + TINY) == 2

@@ -257,6 +257,17 @@ def face_detail(pid: int, eid: int, opt: SynthOptions) -> tuple[Person, CaptureP
     return person, plan, coarse, (h * opt.detail_gain).astype(np.float32)
 
 
+def capture_dpmap(pid: int, eid: int, opt: SynthOptions) -> np.ndarray:
+    """The ground-truth ``RAW/dpmap`` of ``PPP_EE``: ``[S, S]`` float32 mm in the *current* template UV.
+
+    Exactly what :func:`synthesize_capture` stores (the same face-tile detail map from the seed,
+    resampled by :func:`correspondence.template_dpmap`), without rendering; ``gen_synthetic.py
+    --dpmap_only`` rewrites the dpmaps of an existing RAW tree with it after a template change.
+    """
+    _, _, _, h = face_detail(pid, eid, opt)
+    return correspondence.template_dpmap(h, opt.dpmap_size).astype(np.float32)
+
+
 def synthesize_capture(pid: int, eid: int, opt: SynthOptions, renderer: HeadRenderer | None = None) -> SyntheticCapture:
     """Everything of face ``PPP_EE`` in memory (deterministic for ``opt.seed``, pid, eid)."""
     fid = face_id(pid, eid)

@@ -17,7 +17,7 @@ import numpy as np
 
 from mvfr.synthesis.v1.detail import _bandpass_noise, _blurred, face_regions, uv_to_pix
 from mvfr.synthesis.v1.shape import LIPS_INNER_CORNERS, LIPS_INNER_LOWER, LIPS_INNER_UPPER, HeadParams, hair_weight
-from mvfr.template import PREDEFINE_DIR, load_template
+from mvfr.template import PREDEFINE_DIR, load_canonical_face
 
 ASTRONAUT_ALBEDO_PNG = PREDEFINE_DIR / "astronaut_albedo_uv.png"
 ASTRONAUT_UV_SIZE = 512
@@ -48,7 +48,7 @@ def make_astronaut_albedo(path: str | Path = ASTRONAUT_ALBEDO_PNG, size: int = A
         lm, _ = det.detect(photo)
     if lm is None:
         raise RuntimeError("the landmark detector found no face in skimage.data.astronaut()")
-    t = load_template()
+    t = load_canonical_face()
     r = Renderer(samples=0)
     try:
         src, covered = r.render_uv(t.uvs, t.faces, lm, size)
@@ -78,7 +78,7 @@ def mouth_interior_mask(size: int) -> np.ndarray:
     """UV mask [S, S] bool of the triangles closing the mouth (between the inner lips)."""
     import cv2
 
-    t = load_template()
+    t = load_canonical_face()
     inner = set(LIPS_INNER_UPPER + LIPS_INNER_LOWER + LIPS_INNER_CORNERS)
     tri = [f for f in t.faces if all(int(v) in inner for v in f)]
     mask = np.zeros((size, size), np.uint8)
@@ -124,7 +124,7 @@ def face_albedo(skin: dict, size: int, rng: np.random.Generator) -> np.ndarray:
     # low-frequency tone variation and redness (cheeks, nose)
     blotch = cv2.GaussianBlur(rng.standard_normal((size, size)).astype(np.float32), (0, 0), size * 0.03)
     blotch /= max(float(blotch.std()), 1e-6)
-    t = load_template()
+    t = load_canonical_face()
     red = np.zeros((size, size), np.float32)
     for lm in (50, 280, 4):
         c = uv_to_pix(t.uvs[lm], size)

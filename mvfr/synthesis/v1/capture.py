@@ -77,7 +77,7 @@ def fast_vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
 def scan_topology() -> dict[str, np.ndarray]:
     """Index tables that cut the fine mesh into the scan (face at FACE_LEVELS, head at HEAD_LEVELS)."""
     fine = shape.fine_topology(FACE_LEVELS)
-    coarse_faces_n = len(shape.load_template().faces)
+    coarse_faces_n = len(shape.load_canonical_face().faces)
     face_faces = fine.faces[shape.coarse_face_of_fine(FACE_LEVELS) < coarse_faces_n]
     head_sub = shape.subdivision(shape.head_topology()[0], shape.head_topology()[1], HEAD_LEVELS)
     head_faces = head_sub.faces[np.arange(len(head_sub.faces)) // 4**HEAD_LEVELS >= coarse_faces_n]

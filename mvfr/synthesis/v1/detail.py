@@ -16,7 +16,7 @@ import functools
 import numpy as np
 
 from mvfr.synthesis.v1.shape import LEFT_EYE, RIGHT_EYE
-from mvfr.template import load_template
+from mvfr.template import load_canonical_face
 
 UV_MM = 150.0  # about how many mm one unit of template uv spans on a face
 LIPS_OUTER = [61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185]
@@ -42,7 +42,7 @@ def face_regions(size: int) -> dict[str, np.ndarray]:
     a weight [0, 1] that is 0 at the face boundary and 1 from about 12 mm inside it."""
     import cv2
 
-    t = load_template()
+    t = load_canonical_face()
     pix = uv_to_pix(t.uvs, size)
     cover = np.zeros((size, size), np.uint8)
     tri = np.round(pix[t.faces] * 16).astype(np.int32)
@@ -114,7 +114,7 @@ def _bezier(p0, p1, p2, n=40) -> np.ndarray:
 
 def detail_map(size: int, age: float, expression: str, rng: np.random.Generator) -> np.ndarray:
     """Mesoscopic displacement ``[size, size]`` float32 mm for a person of ``age`` (0..1) and ``expression``."""
-    uv = load_template().uvs
+    uv = load_canonical_face().uvs
     reg = face_regions(size)
     g_fore, g_frown, g_crow, g_naso = EXPRESSION_DETAIL.get(expression, (1.0, 1.0, 1.0, 1.0))
     out = np.zeros((size, size), np.float32)

@@ -19,7 +19,7 @@ import functools
 
 import numpy as np
 
-from mvfr.template import TEMPLATE_MM_PER_UNIT, load_template
+from mvfr.template import TEMPLATE_MM_PER_UNIT, load_canonical_face
 from mvfr.subdivision import Subdivision, subdivision
 
 N_FACE = 468
@@ -64,13 +64,13 @@ class Identity:
 @functools.lru_cache(maxsize=1)
 def template_mm() -> np.ndarray:
     """Template vertices [468, 3] in mm (head frame)."""
-    return load_template().vertices * TEMPLATE_MM_PER_UNIT
+    return load_canonical_face().vertices * TEMPLATE_MM_PER_UNIT
 
 
 @functools.lru_cache(maxsize=1)
 def boundary_loop() -> np.ndarray:
     """The template's outer boundary loop [36], ordered along the face triangles' half-edges."""
-    faces = load_template().faces
+    faces = load_canonical_face().faces
     he = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
     s = set(map(tuple, he))
     border = [(a, b) for a, b in he if (b, a) not in s]
@@ -305,7 +305,7 @@ def head_topology() -> tuple[np.ndarray, int]:
     """Faces [F, 3] of the closed coarse mesh (template face + head rings + back pole) and its vertex count."""
     B = boundary_loop()
     nb = len(B)
-    faces = [load_template().faces]
+    faces = [load_canonical_face().faces]
     ring = [B]
     n = N_FACE
     for _ in range(HEAD_RINGS):
@@ -381,8 +381,8 @@ def build_face(identity: Identity, expression: str, levels: int = 4) -> FaceGeom
     sub = fine_topology(levels)
     fine = sub.S @ coarse
     uv0 = np.zeros((len(coarse), 2))
-    uv0[:N_FACE] = load_template().uvs
+    uv0[:N_FACE] = load_canonical_face().uvs
     uvs = sub.M @ uv0
-    n_face_coarse = len(load_template().faces)
+    n_face_coarse = len(load_canonical_face().faces)
     face_mask = coarse_face_of_fine(levels) < n_face_coarse
     return FaceGeometry(coarse, fine, face_mask, uvs, levels)
