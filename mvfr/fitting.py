@@ -252,23 +252,30 @@ def fit_template(
     smoothness: float = 1.0,
     robust_scale: float | None = None,
 ) -> TemplateFit:
-    """Fit ``template`` (vertex i = landmark i, any unit) to ``landmarks3d [N, 3]`` (capture units).
+    """Fit ``template`` (vertex i = landmark i, any unit) to ``landmarks3d [L, 3]`` (capture units).
+
+    L may be less than the template's N vertices: vertices L..N-1 (the extension beyond the
+    landmark mesh) have no target and follow the ARAP deformation (regularisation only).
 
     weights [N] >= 0 or [N, 3, 3] (see :func:`arap_fit` and :func:`landmark_weights`): triangulation
     confidence (0 / NaN landmark = ignored). robust_scale: Cauchy
     scale in capture units of the non-rigid data term (default: none). Returns :class:`TemplateFit`.
     """
     lm = np.asarray(landmarks3d, dtype=np.float64)
-    if lm.shape != template.vertices.shape:
-        raise ValueError(f"landmarks3d must be {template.vertices.shape} (one per template vertex), got {lm.shape}")
+    n = len(template.vertices)
+    n_lm = len(lm)
+    if lm.ndim != 2 or lm.shape[1] != 3 or not 3 <= n_lm <= n:
+        raise ValueError(f"landmarks3d must be [L, 3] with L <= {n} (landmark i = template vertex i), got {lm.shape}")
     w = np.nan_to_num(np.asarray(weights, dtype=np.float64))
     finite = np.isfinite(lm).all(1)
     w = w * (finite if w.ndim == 1 else finite[:, None, None])
     w_iso = w if w.ndim == 1 else np.trace(w, axis1=1, axis2=2) / 3.0
-    s, R, t, _ = robust_similarity(template.vertices, lm, w_iso)
-    sub = subdivision(template.faces, len(template.vertices), subdiv_levels, template.face_uvs,
+    s, R, t, _ = robust_similarity(template.vertices[:n_lm], lm, w_iso)
+    if n_lm < n:  # vertices beyond the landmarks (the template's extension) follow the deformation only
+        lm = np.concatenate([lm, np.full((n - n_lm, 3), np.nan)])
+        w = np.concatenate([w, np.zeros((n - n_lm,) + w.shape[1:])])
+    sub = subdivision(template.faces, n, subdiv_levels, template.face_uvs,
                       0 if template.uvs is None else len(template.uvs))
-    n = len(template.vertices)
     B = sub.S[:n]
     # ARAP rest shape: the control mesh whose *subdivided* vertices are the template's, so an exact
     # template target costs nothing (Loop subdivision alone would shrink the face).
@@ -278,7 +285,7 @@ def fit_template(
     uvs = None if template.uvs is None else np.asarray(sub.M_uv @ template.uvs)
     mesh = Mesh(verts, sub.faces, uvs, sub.face_uvs)
     mesh.normals = vertex_normals(mesh.vertices, mesh.faces)
-    return TemplateFit(mesh, fit.control, (s, R, t), fit.residuals, fit.weights)
+    return TemplateFit(mesh, fit.control, (s, R, t), fit.residuals[:n_lm], fit.weights[:n_lm])
 
 
 # ------------------------------------------------------------------------- landmarks -> base mesh

@@ -29,7 +29,7 @@ def test_options_precedence_defaults_config_cli(tmp_path):
     assert opt.uv_size == 128 and opt.d_size == 51
     opt = parse_options("train_if", ["--config", str(cfg), "--uv_size", "64"])
     assert opt.uv_size == 64 and opt.d_size == 51
-    assert opt.mlp_dim == [129, 1024, 512, 256, 128, 1]
+    assert opt.mlp_dim == [258, 1024, 512, 256, 128, 1]
 
 
 def test_options_unknown_config_key_is_an_error(tmp_path, capsys):

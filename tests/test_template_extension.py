@@ -51,3 +51,19 @@ def test_extension_correspondence_lies_in_the_scan_region():
     np.testing.assert_allclose(d["template_bary"].sum(1), 1.0, atol=1e-9)
     assert (d["template_bary"] >= -1e-9).all()
     assert ict.load_model().faces.shape[0] > d["template_triangle"].max()
+
+
+def test_fitting_an_exact_extended_template_target_reproduces_it(ext):
+    """Landmarks = the template's first 468 vertices under a similarity: the fit (extension vertices
+    following ARAP alone) reproduces the whole template, extension included."""
+    from mvfr.fitting import apply_similarity, fit_template
+    from mvfr.subdivision import subdivision
+
+    R = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    target = apply_similarity(ext.vertices, 7.0, R, np.array([1.0, 2.0, 3.0]))
+    fit = fit_template(target[:NUM_LANDMARKS], np.ones(NUM_LANDMARKS), ext, subdiv_levels=1)
+    n = len(ext.vertices)
+    np.testing.assert_allclose(fit.mesh.vertices[:n], target, atol=1e-6 * 7.0 * 20)
+    assert fit.landmark_residuals.shape == (NUM_LANDMARKS,)
+    sub = subdivision(ext.faces, n, 1, ext.face_uvs, n)
+    assert len(fit.mesh.vertices) == sub.S.shape[0]
