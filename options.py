@@ -202,6 +202,9 @@ def add_dpmap_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dp_loss_levels", type=int, default=4, help="scales of the average pyramid the L1 and gradient losses are averaged over (1 = full resolution only)")
     g.add_argument("--dp_lambda_gan", type=float, default=0.0, help="weight of the LSGAN adversarial term (0 = off)")
     g.add_argument("--dp_ndf", type=int, default=32, help="channels of the PatchGAN discriminator (with --dp_lambda_gan > 0)")
+    g.add_argument("--dp_target", choices=("registered", "as_is"), default="registered",
+                   help="ground truth of training and --score: RAW/dpmap registered to where the face's own UV lands on the scan "
+                        "(synthetic scans with uv, see dpmap_pred/targets.py), or as_is (RAW/dpmap already in each face's own UV)")
     g.add_argument("--dp_log_every", type=int, default=25, help="steps between log lines")
     g.add_argument("--dp_save_every", type=int, default=250, help="steps between checkpoints")
     g.add_argument("--dp_resume", type=str, default="auto", help="checkpoint to resume: auto = latest in DATA/checkpoints/dpmap, none = start afresh, or a path")

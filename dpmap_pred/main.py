@@ -13,8 +13,9 @@ stored in the PNG (tEXt ``mvfr_dpmap``) and in ``dp_map_PPP_EE.json`` beside it 
 folder gets ``<name>.png`` (+ ``.json``) in the output folder.
 
 With ``--score`` (and ``--facescape_dataroot RAW`` holding ``RAW/dpmap``, synthetic data), the
-predicted maps of the selected faces are compared with the ground truth: the Pearson correlation,
-MAE and RMSE inside the facial mask are printed and written to ``DATA/logs/dpmap/scores_<split>.json``.
+predicted maps of the selected faces are compared with the ground truth registered to the surface
+they are applied to (``pred/reg_map``, :mod:`dpmap_pred.targets`; the scan is read): the Pearson
+correlation, MAE and RMSE inside the facial mask are printed and written to ``DATA/logs/dpmap/scores_<split>.json``.
 Plain inference never reads RAW.
 """
 
@@ -31,8 +32,10 @@ import numpy as np
 
 from dpmap_pred.encoding import read_dpmap, write_dpmap
 from dpmap_pred.inference import dpmap_scores, feather_weights, load_generator, predict_dpmap, resize_image
+from dpmap_pred.targets import dp_target
 from mvfr.atomic_io import load_image, save_json
 from mvfr.datafolder import DataFolder, RawFolder
+from mvfr.stage import FACE_ERRORS
 from mvfr.uv_rasterizer import load_facial_mask
 
 log = logging.getLogger("dpmap_main")
@@ -43,23 +46,26 @@ def predict_masked(net, texture: np.ndarray, size: int, weights: np.ndarray, dev
     return predict_dpmap(net, texture, size, device) * weights
 
 
-def score_faces(folder: DataFolder, raw: RawFolder, ids: list[str], size: int, split: str) -> dict:
-    """``--score``: the written maps of ``ids`` against ``RAW/dpmap`` inside the facial mask -> per-face
+def score_faces(folder: DataFolder, raw: RawFolder, ids: list[str], size: int, split: str, target: str = "registered") -> dict:
+    """``--score``: the written maps of ``ids`` against ``RAW/dpmap`` registered to the surface they are
+    applied to (or as it is, ``target``; :func:`dpmap_pred.targets.dp_target`) inside the facial mask -> per-face
     and mean Pearson, MAE, RMSE (printed, and saved as ``DATA/logs/dpmap/scores_<split>.json``)."""
     mask = load_facial_mask(size)
     scores: dict[str, dict[str, float]] = {}
     for fid in ids:
-        gt_path = raw.meso_dpmap(fid)
-        if not gt_path.is_file():
-            log.warning("%s: --score, but %s does not exist; not scored", fid, gt_path)
+        if not raw.meso_dpmap(fid).is_file():
+            log.warning("%s: --score, but %s does not exist; not scored", fid, raw.meso_dpmap(fid))
+            continue
+        try:
+            gt = dp_target(folder, raw, split, fid, size, target)
+        except FACE_ERRORS as exc:
+            log.warning("%s: --score, but the ground truth cannot be registered (%s); not scored", fid, exc)
             continue
         dp, _ = read_dpmap(folder.dp_map(fid))
         if dp.shape != (size, size):
             dp = resize_image(dp, size)
-        gt = np.load(gt_path).astype(np.float32)
-        finite = np.isfinite(gt)
-        gt = resize_image(np.where(finite, gt, 0.0), size)
-        valid = mask & (resize_image(finite.astype(np.float32), size) > 0.999)
+        valid = mask & np.isfinite(gt)
+        gt = np.where(valid, gt, 0.0)
         scores[fid] = dpmap_scores(dp, gt, valid)
         log.info("%s: Pearson %.3f, MAE %.4f mm", fid, scores[fid]["pearson"], scores[fid]["mae_mm"])
     if not scores:
@@ -112,7 +118,7 @@ def main(argv=None) -> int:
     ids = select_face_ids(folder, opt)
     summary = run_faces(ids, process, done=lambda fid: folder.dp_map(fid).exists(), overwrite=opt.overwrite, desc="dpmap_main")
     if opt.score:
-        score_faces(folder, raw, [f for f in ids if folder.dp_map(f).is_file()], size, opt.split)
+        score_faces(folder, raw, [f for f in ids if folder.dp_map(f).is_file()], size, opt.split, opt.dp_target)
     return summary.exit_code()
 
 

@@ -6,8 +6,9 @@
 Pairs, one per training face (``--split train`` of id.json, or ``--ids``):
 input  ``DATA/pred/texture/texture_PPP_EE.png`` (gen_tex.py's blended UV texture, RGB, template UV),
 target ``RAW/dpmap/<pid>/<k>_<exp>.npy`` (gen_synthetic.py's ground-truth mesoscopic displacement,
-float32 mm along the normal, template UV), both resized to ``--dp_size``; the loss counts only
-texels of the facial mask where the target is finite.
+float32 mm along the normal) registered to where the face's own template UV lands on the scan
+(:mod:`dpmap_pred.targets`; cached in ``DATA/maps/train/dp_target``), both at ``--dp_size``; the
+loss counts only texels of the facial mask where the target is finite.
 
 Each step draws ``--dp_batch_size`` random ``--dp_crop`` crops (centred on mask texels) from random
 faces, changes their colours at random (brightness, contrast, colour gains) and minimises
@@ -50,6 +51,7 @@ from tqdm import tqdm
 
 from dpmap_pred.inference import FORMAT, build_generator, dpmap_scores, predict_dpmap, resize_image
 from dpmap_pred.networks import PatchDiscriminator, count_parameters, uv_grid
+from dpmap_pred.targets import dp_target
 from mvfr import distributed
 from mvfr.atomic_io import load_image
 from mvfr.datafolder import DataError, DataFolder, RawFolder
@@ -67,20 +69,12 @@ class Pair:
     centres: np.ndarray  # [K, 2] int (row, col) of valid texels, crop centres
 
 
-def load_pair(folder: DataFolder, raw: RawFolder, fid: str, size: int) -> Pair:
-    """The (texture, ground-truth displacement) pair of a face at ``size`` x ``size``."""
-    gt_path = raw.meso_dpmap(fid)
-    if not gt_path.is_file():
-        raise DataError(f"ground-truth displacement map {gt_path} of face {fid} does not exist; "
-                        "training needs synthetic data from gen_synthetic.py (--facescape_dataroot)")
-    gt = np.load(gt_path).astype(np.float32)
-    if gt.ndim != 2 or gt.shape[0] != gt.shape[1]:
-        raise DataError(f"{gt_path} must be a square [S, S] map in mm, got shape {gt.shape}")
+def load_pair(folder: DataFolder, raw: RawFolder, fid: str, size: int, split: str = "train", target: str = "registered") -> Pair:
+    """The (texture, ground-truth displacement) pair of a face at ``size`` x ``size``; the target is
+    ``RAW/dpmap`` registered to the face's own UV, or as it is (``target``, :func:`dpmap_pred.targets.dp_target`)."""
+    gt = dp_target(folder, raw, split, fid, size, target)
     texture = load_image(folder.texture(fid))
-    finite = np.isfinite(gt)
-    gt = resize_image(np.where(finite, gt, 0.0), size)
-    finite = resize_image(finite.astype(np.float32), size) > 0.999
-    valid = finite & load_facial_mask(size)
+    valid = np.isfinite(gt) & load_facial_mask(size)
     if not valid.any():
         raise DataError(f"face {fid}: no valid ground-truth texel inside the facial mask")
     tex = resize_image(texture, size) / 255.0
@@ -296,7 +290,7 @@ def main(argv=None) -> int:
     pairs = []
     for fid in tqdm(select_face_ids(folder, opt, sharded=False), desc="load pairs", unit="face", file=sys.stderr, disable=not is_main):
         try:
-            pairs.append(load_pair(folder, raw, fid, size))
+            pairs.append(load_pair(folder, raw, fid, size, opt.split, opt.dp_target))
         except FACE_ERRORS as exc:
             log.error("face %s skipped: %s", fid, exc)
     if not pairs:
@@ -308,7 +302,7 @@ def main(argv=None) -> int:
         try:
             for fid in folder.face_ids("eval")[:2]:
                 try:
-                    val_pairs.append(load_pair(folder, raw, fid, size))
+                    val_pairs.append(load_pair(folder, raw, fid, size, "eval", opt.dp_target))
                 except FACE_ERRORS:
                     pass
         except DataError:

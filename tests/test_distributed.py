@@ -92,7 +92,8 @@ def run_steps(root: Path) -> dict:
                                         "--dp_size", "32", "--dp_crop", "32", "--dp_ngf", "4", "--dp_n_downsample", "2",
                                         "--dp_n_blocks", "1", "--dp_batch_size", "3", "--dp_lambda_gan", "0.1", "--dp_ndf", "4",
                                         "--dp_steps", str(STEPS), "--dp_learning_rate", str(LR)])
-    pairs = [dp_train.load_pair(DataFolder(dp / "data"), RawFolder(dp / "raw"), fid, opt.dp_size) for fid in ("001_01", "001_02")]
+    pairs = [dp_train.load_pair(DataFolder(dp / "data"), RawFolder(dp / "raw"), fid, opt.dp_size, target="as_is")
+             for fid in ("001_01", "001_02")]
     torch.manual_seed(0)
     model = dp_train.build_training_modules(opt)
     optimizer = torch.optim.SGD(model.parameters(), lr=opt.dp_learning_rate)
@@ -203,7 +204,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(tiny_data, tmp_path):
     def dataset(name: str) -> list[str]:
         shutil.copytree(tiny_data / "dp", tmp_path / name)
         return ["--dataroot", str(tmp_path / name / "data"), "--facescape_dataroot", str(tmp_path / name / "raw"), "--device", "cpu",
-                "--ids", "001_01", "001_02", "--dp_size", "32", "--dp_crop", "16", "--dp_ngf", "4", "--dp_n_downsample", "2",
+                "--ids", "001_01", "001_02", "--dp_target", "as_is", "--dp_size", "32", "--dp_crop", "16", "--dp_ngf", "4", "--dp_n_downsample", "2",
                 "--dp_n_blocks", "1", "--dp_batch_size", "2", "--dp_save_every", "3", "--dp_log_every", "1"]
 
     killed = dataset("killed")

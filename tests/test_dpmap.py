@@ -285,7 +285,7 @@ def test_train_resume_predict_and_mesh_end_to_end(tmp_path):
     from mvfr.training import list_checkpoints, read_jsonl
 
     data, raw = _tiny_dataset(tmp_path)
-    common = ["--dataroot", str(data.root), "--facescape_dataroot", str(raw.root), "--device", "cpu"]
+    common = ["--dataroot", str(data.root), "--facescape_dataroot", str(raw.root), "--device", "cpu", "--dp_target", "as_is"]
     small = ["--dp_size", "32", "--dp_crop", "16", "--dp_ngf", "4", "--dp_n_downsample", "2", "--dp_n_blocks", "1",
              "--dp_batch_size", "2", "--dp_save_every", "2", "--dp_log_every", "1"]
     assert train.main(common + small + ["--dp_steps", "4"]) == 0
@@ -359,3 +359,60 @@ def test_pearson_feather_and_missing_checkpoint(tmp_path):
     np.testing.assert_array_equal(feather_weights(m, -1), 1.0)
     # A missing checkpoint is a clear error, not a traceback.
     assert dp_main.main(["--dataroot", str(tmp_path), "--dp_checkpoint", str(tmp_path / "none.pt"), "--device", "cpu"]) == 2
+
+
+def test_registered_target_reads_the_ground_truth_where_the_texel_lies_on_the_scan(tmp_path, monkeypatch):
+    """A toy world (flat scan whose uv is its position, identity template correspondence): a surface
+    sliding 3 texels along x reads RAW/dpmap 3 texels over; points off the scan are NaN."""
+    import scipy.ndimage as ndi
+    from scipy.spatial import cKDTree
+
+    from dpmap_pred import targets
+    from mvfr.datafolder import RawFolder
+
+    S, fine = 64, 256
+    raw = RawFolder(tmp_path / "raw")
+    gt = ndi.gaussian_filter(np.random.default_rng(1).normal(size=(S, S)), 2.0).astype(np.float32)
+    raw.meso_dpmap("001_01").parent.mkdir(parents=True)
+    np.save(raw.meso_dpmap("001_01"), gt)
+    # ICT uv (u, v) = (col, row) fractions of the map; the scan is the plane z = 0 with x, y = S * (u, v) mm
+    g = (np.stack(np.meshgrid(np.arange(fine), np.arange(fine), indexing="ij"), -1).reshape(-1, 2) + 0.5) / fine
+    monkeypatch.setattr(targets, "_template_index", lambda: (cKDTree(g[:, ::-1]), g))
+    monkeypatch.setattr(targets, "INDEX_SIZE", fine)
+    monkeypatch.setattr(targets, "scan_uv_points", lambda raw_, fid: (np.c_[S * g[:, ::-1], np.zeros(len(g))], g[:, ::-1]))
+
+    rows, cols = np.meshgrid(np.arange(S) + 0.5, np.arange(S) + 0.5, indexing="ij")
+    surface = np.stack([cols + 3.0, rows, np.zeros_like(rows)], -1)
+    surface[:8, :8, 2] = 5.0  # 5 mm off the scan
+    out = targets.registered_dpmap(raw, "001_01", surface, np.ones((S, S), bool), S)
+    assert np.isnan(out[:8, :8]).all() and np.isfinite(out[10:-10, 10:-10]).all()
+    np.testing.assert_allclose(out[10:-10, 10:-10], gt[10:-10, 13:-7], atol=0.02 * np.abs(gt).max())
+    assert not np.allclose(out[10:-10, 10:-10], gt[10:-10, 10:-10], atol=0.1 * np.abs(gt).max())
+    # at twice the resolution the same registration, bilinearly up
+    out2 = targets.registered_dpmap(raw, "001_01", surface, np.ones((S, S), bool), 2 * S)
+    assert out2.shape == (2 * S, 2 * S) and np.isfinite(out2[20:-20, 20:-20]).all()
+
+
+def test_registered_target_cache_is_remade_when_the_surface_changes(tmp_path, monkeypatch):
+    import os
+
+    from dpmap_pred import targets
+    from mvfr.datafolder import DataFolder, RawFolder
+
+    folder, raw = DataFolder(tmp_path / "data"), RawFolder(tmp_path / "raw")
+    for path in (raw.meso_dpmap("002_01"), raw.scan("002_01"), raw.region("002_01"), folder.reg_map("002_01")):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, np.zeros((4, 4, 3), np.float32)) if path.suffix == ".npy" else path.write_bytes(b"ply")
+    calls = []
+
+    def fake(raw_, fid, surface, known, size, mm_per_unit=1.0):
+        calls.append(fid)
+        return np.full((size, size), float(len(calls)), np.float32)
+
+    monkeypatch.setattr(targets, "registered_dpmap", fake)
+    first = targets.dp_target(folder, raw, "eval", "002_01", 8)
+    again = targets.dp_target(folder, raw, "eval", "002_01", 8)
+    assert len(calls) == 1 and np.array_equal(first, again)  # read from the cache
+    later = os.stat(folder.reg_map("002_01")).st_mtime + 10
+    os.utime(folder.reg_map("002_01"), (later, later))  # eval_reg.py --overwrite wrote a new surface
+    assert float(targets.dp_target(folder, raw, "eval", "002_01", 8)[0, 0]) == 2.0 and len(calls) == 2

@@ -50,12 +50,16 @@ def test_train_if_stores_the_resolution_and_views_its_data_had(if_data):
     assert options["if_view_num"] == 3
 
 
-def test_shipped_if_checkpoint_stores_its_real_training_resolution_and_run_pipeline_follows_it():
+def test_shipped_if_checkpoint_stores_its_real_training_resolution_and_run_pipeline_follows_it(tmp_path):
     import run_pipeline
     from mvfr.training import read_checkpoint
 
-    assert read_checkpoint("predefine_data/checkpoint_if.pt")["options"]["image_long_side"] == 648
-    assert run_pipeline.checkpoint_image_long_side() == 648
+    shipped = read_checkpoint("predefine_data/checkpoint_if.pt")
+    assert shipped["options"]["image_long_side"] == 1296
+    assert run_pipeline.checkpoint_image_long_side() == 1296
+    shipped["options"]["image_long_side"] = 648  # a checkpoint trained at another resolution is followed
+    torch.save(shipped, tmp_path / "if_648.pt")
+    assert run_pipeline.checkpoint_image_long_side(tmp_path / "if_648.pt") == 648
     assert run_pipeline.checkpoint_image_long_side(run_pipeline.ROOT / "no_such.pt") == 1296
 
 
