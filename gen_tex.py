@@ -19,6 +19,7 @@ import sys
 
 import numpy as np
 
+from mvfr.base_maps import truth_surface
 from mvfr.capture import load_capture
 from mvfr.datafolder import DataError, DataFolder
 from mvfr.mesh_io import write_obj
@@ -42,8 +43,7 @@ def main() -> int:
     def surface(fid: str, pos: np.ndarray, nrm: np.ndarray) -> np.ndarray:
         if opt.tex_surface == "truth":
             mv, valid = np.load(folder.map(opt.split, "mv_map", fid)), np.load(folder.map(opt.split, "valid_map", fid))
-            ok = valid.astype(bool) & np.isfinite(mv)
-            return np.where(ok[..., None], pos + nrm * np.where(ok, mv, 0.0)[..., None], pos).astype(np.float32)
+            return truth_surface(pos, nrm, mv, valid)[0]
         if not folder.reg_map(fid).is_file():
             raise DataError(f"face {fid} has no regularised surface {folder.reg_map(fid)}; run eval_reg.py first")
         return np.load(folder.reg_map(fid))

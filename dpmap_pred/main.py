@@ -53,13 +53,10 @@ def score_faces(folder: DataFolder, raw: RawFolder, ids: list[str], size: int, s
     mask = load_facial_mask(size)
     scores: dict[str, dict[str, float]] = {}
     for fid in ids:
-        if not raw.meso_dpmap(fid).is_file():
-            log.warning("%s: --score, but %s does not exist; not scored", fid, raw.meso_dpmap(fid))
-            continue
         try:
             gt = dp_target(folder, raw, split, fid, size, target)
-        except FACE_ERRORS as exc:
-            log.warning("%s: --score, but the ground truth cannot be registered (%s); not scored", fid, exc)
+        except FACE_ERRORS as exc:  # no RAW/dpmap, scan or reg surface: named in the message
+            log.warning("%s: --score, but no ground truth (%s); not scored", fid, exc)
             continue
         dp, _ = read_dpmap(folder.dp_map(fid))
         if dp.shape != (size, size):

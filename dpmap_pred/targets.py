@@ -35,6 +35,8 @@ INDEX_SIZE = 1024
 MAX_SCAN_DISTANCE_MM = 1.5
 #: neighbours of the inverse-distance weights (scan vertices, template texels)
 K_NEAREST = 4
+#: the training maps the ground-truth surface is made of (:func:`mvfr.base_maps.truth_surface`'s order)
+TRUTH_MAPS = ("pos_map", "norm_map", "mv_map", "valid_map")
 
 
 @functools.lru_cache(maxsize=1)
@@ -58,15 +60,11 @@ def _weighted(values: np.ndarray, dist: np.ndarray) -> np.ndarray:
     return np.einsum("nk,nkc->nc", w, values)
 
 
-def truth_surface(folder: DataFolder, split: str, fid: str) -> tuple[np.ndarray, np.ndarray]:
-    """The ground-truth surface of the training maps: ``pos_map + norm_map * mv_map`` ``[S, S, 3]``
-    and where it is known (``valid_map`` and a finite ``mv_map``) ``[S, S]`` bool; ``pos_map`` elsewhere."""
-    pos = np.load(folder.map(split, "pos_map", fid))
-    nrm = np.load(folder.map(split, "norm_map", fid))
-    mv = np.load(folder.map(split, "mv_map", fid))
-    ok = np.load(folder.map(split, "valid_map", fid)).astype(bool) & np.isfinite(mv)
-    surface = np.where(ok[..., None], pos + nrm * np.where(ok, mv, 0.0)[..., None], pos)
-    return surface.astype(np.float32), ok
+def load_truth_surface(folder: DataFolder, split: str, fid: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`mvfr.base_maps.truth_surface` of the face's training maps."""
+    from mvfr.base_maps import truth_surface
+
+    return truth_surface(*(np.load(folder.map(split, n, fid)) for n in TRUTH_MAPS))
 
 
 def scan_uv_points(raw: RawFolder, fid: str) -> tuple[np.ndarray, np.ndarray]:
@@ -151,13 +149,13 @@ def dp_target(folder: DataFolder, raw: RawFolder, split: str, fid: str, size: in
         raise ValueError(f"unknown displacement target {mode!r}; registered or as_is")
     cache = folder.root / "maps" / split / "dp_target" / f"dp_target_{fid}.npy"
     sources = [raw.meso_dpmap(fid), raw.scan(fid), raw.region(fid)]
-    sources += [folder.map(split, n, fid) for n in ("pos_map", "norm_map", "mv_map", "valid_map")] if split == "train" else [folder.reg_map(fid)]
+    sources += [folder.map(split, n, fid) for n in TRUTH_MAPS] if split == "train" else [folder.reg_map(fid)]
     if cache.is_file() and all(p.is_file() and p.stat().st_mtime <= cache.stat().st_mtime for p in sources):
         out = np.load(cache)
         if out.shape == (size, size):
             return out  # newer than everything it was made from
     if split == "train":
-        surface, known = truth_surface(folder, split, fid)
+        surface, known = load_truth_surface(folder, split, fid)
     else:
         if not folder.reg_map(fid).is_file():
             raise DataError(f"face {fid} has no regularised surface {folder.reg_map(fid)} to register the "

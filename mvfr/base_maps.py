@@ -182,3 +182,11 @@ def ground_truth_maps(
     valid = hit & covered & np.asarray(facial_mask, dtype=bool)
     mv = np.where(valid, mv, 0.0).astype(np.float32)
     return mv, valid
+
+
+def truth_surface(pos: np.ndarray, nrm: np.ndarray, mv: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ground-truth surface of the training maps: ``pos + nrm * mv`` ``[S, S, 3]`` float32 where it is
+    known (``valid`` and a finite ``mv``, returned ``[S, S]`` bool), ``pos`` elsewhere."""
+    ok = np.asarray(valid).astype(bool) & np.isfinite(mv)
+    surface = np.where(ok[..., None], pos + nrm * np.where(ok, mv, 0.0)[..., None], pos)
+    return surface.astype(np.float32), ok
