@@ -34,7 +34,9 @@ from models import build_implicit_function
 from mvfr import confidence
 from mvfr.atomic_io import save_npy
 from mvfr.datafolder import DataFolder
-from mvfr.hypotheses import FaceInputs, images_to_tensor, load_face_inputs, search_face, step_offsets
+from mvfr.mvs.face_inputs import FaceInputs, images_to_tensor, load_face_inputs
+from mvfr.mvs.geometry import step_offsets
+from mvfr.mvs.search import search_face
 from mvfr.mesh_io import write_obj
 from mvfr.runtime import resolve_device, start_stage
 from mvfr.stage import run_faces, select_face_ids

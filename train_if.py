@@ -41,17 +41,15 @@ from models import build_implicit_function
 from models.implicit_function import init_from
 from mvfr import distributed
 from mvfr.datafolder import DataFolder
-from mvfr.hypotheses import (
+from mvfr.mvs.face_inputs import FaceInputs, images_to_tensor, load_face_inputs
+from mvfr.mvs.geometry import subset_views
+from mvfr.mvs.training import (
     NEAR_SIGMA_MM,
-    FaceInputs,
     cut_patches,
-    images_to_tensor,
-    load_face_inputs,
     patch_crop,
     sample_training_hypotheses,
     sample_view_subset,
     score_target,
-    subset_views,
     texels_near,
 )
 from mvfr.runtime import resolve_device, start_stage

@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 from eval_if import load_model, run_face  # noqa: E402
 from mvfr.datafolder import DataFolder  # noqa: E402
-from mvfr.hypotheses import load_face_inputs  # noqa: E402
+from mvfr.mvs.face_inputs import load_face_inputs  # noqa: E402
 
 
 def peak_mb() -> float:

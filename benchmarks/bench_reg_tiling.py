@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from models.reg_net import build_reg_net  # noqa: E402
-from mvfr.hypotheses import search_region  # noqa: E402
+from mvfr.mvs.face_inputs import search_region  # noqa: E402
 from mvfr.regularisation import predict_steps, synthetic_score_volume  # noqa: E402
 
 

@@ -5,8 +5,8 @@ A stride-2 5x5 convolution, then 3x3 convolutions with GroupNorm and ReLU (32 ->
 
 Sampling convention: the stride-2 5x5 layer has padding 2, so output sample ``i`` is centred on
 input pixel ``2 i`` (the later layers are stride 1, "same" padding), i.e. :attr:`FeatureNet.stride`
-= 2 and pixel ``x`` of the input is feature coordinate ``x / 2``; :class:`mvfr.hypotheses.ViewFeatures`
-and :func:`mvfr.hypotheses.sample_views` sample with that rule.
+= 2 and pixel ``x`` of the input is feature coordinate ``x / 2``; :class:`mvfr.mvs.sampling.ViewFeatures`
+and :func:`mvfr.mvs.sampling.sample_views` sample with that rule.
 """
 
 from __future__ import annotations

@@ -19,14 +19,9 @@ import torch
 from torch import nn
 
 from models.feature_net import FeatureNet
-from mvfr.hypotheses import (
-    FaceHypotheses,
-    ViewFeatures,
-    aggregate_views,
-    normalise_offset,
-    sample_hypothesis_features,
-    view_count_feature,
-)
+from mvfr.mvs.aggregation import aggregate_views, view_count_feature
+from mvfr.mvs.geometry import FaceHypotheses, normalise_offset
+from mvfr.mvs.sampling import ViewFeatures, sample_hypothesis_features
 
 
 class ImplicitFunction(nn.Module):

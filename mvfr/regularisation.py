@@ -158,10 +158,10 @@ def random_crops(
 
 def texel_mask(pos_map: np.ndarray, norm_map: np.ndarray) -> np.ndarray:
     """The texels the regulariser refines (and its meshes contain), without ground truth: the
-    implicit function's search mask (:func:`mvfr.hypotheses.search_mask`: covered by the base mesh
+    implicit function's search mask (:func:`mvfr.mvs.face_inputs.search_mask`: covered by the base mesh
     and inside the template's facial mask or a thin rim around its outline), so IF and reg meshes
     cover the same region. ``[S, S]`` bool."""
-    from mvfr.hypotheses import search_mask
+    from mvfr.mvs.face_inputs import search_mask
 
     return search_mask(pos_map, norm_map) & np.isfinite(pos_map).all(-1) & np.isfinite(norm_map).all(-1)
 

@@ -60,7 +60,7 @@ def run_steps(root: Path) -> dict:
     from models import build_implicit_function
     from models.reg_net import RegNet3D
     from mvfr.datafolder import DataFolder, RawFolder
-    from mvfr.hypotheses import load_face_inputs
+    from mvfr.mvs.face_inputs import load_face_inputs
     from options import parse_options
 
     folder = DataFolder(root / "data")

@@ -7,7 +7,9 @@ import torch
 
 from models.implicit_function import ImplicitFunction, init_from
 from mvfr import confidence
-from mvfr.hypotheses import FaceHypotheses, sample_view_subset, subset_views, view_count_feature
+from mvfr.mvs.aggregation import view_count_feature
+from mvfr.mvs.geometry import FaceHypotheses, subset_views
+from mvfr.mvs.training import sample_view_subset
 
 
 def test_view_subset_counts_cover_two_to_all_and_only_seeing_views():
@@ -99,13 +101,13 @@ def test_fallback_weight_ramp():
 def test_flat_score_texel_stays_on_the_base_surface_in_eval_if():
     """eval_if.run_face: a texel whose every hypothesis scores the same keeps displacement 0."""
     import eval_if
-    from mvfr.hypotheses import FaceInputs
+    from mvfr.mvs.face_inputs import FaceInputs
 
     class Flat(torch.nn.Module):  # a model whose score depends on d only for texel 0
         feature_channels = 1
 
         def view_features(self, images, dtype=None):
-            from mvfr.hypotheses import ViewFeatures
+            from mvfr.mvs.sampling import ViewFeatures
 
             return ViewFeatures(torch.zeros(images.shape[0], 1, 4, 4), None, stride=2)
 

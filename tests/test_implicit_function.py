@@ -4,26 +4,19 @@ import torch
 
 from models import ImplicitFunction, build_implicit_function
 from mvfr.camera import Camera, project_points
-from mvfr.hypotheses import (
-    aggregate_views,
+from mvfr.mvs.aggregation import aggregate_views
+from mvfr.mvs.face_inputs import face_crops, images_to_tensor
+from mvfr.mvs.geometry import (
     build_face_hypotheses,
-    coarse_to_fine_argmax,
-    face_crops,
-    fill_unscored,
-    full_search,
     hypothesis_points,
-    images_to_tensor,
     normalise_offset,
-    occlusion_mask,
     project_hypotheses,
-    sample_training_hypotheses,
-    score_target,
     step_offsets,
-    sample_image_reference,
-    sample_hypothesis_features,
-    sample_views,
-    ViewFeatures,
 )
+from mvfr.mvs.sampling import sample_image_reference, sample_hypothesis_features, sample_views, ViewFeatures
+from mvfr.mvs.search import coarse_to_fine_argmax, fill_unscored, full_search
+from mvfr.mvs.training import sample_training_hypotheses, score_target
+from mvfr.visibility import occlusion_mask
 from mvfr.training import (
     JsonlLogger,
     list_checkpoints,
@@ -371,7 +364,7 @@ def test_coarse_to_fine_second_peak_finds_a_narrow_global_mode():
 def test_propagation_spreads_a_mode_the_coarse_pass_missed():
     from types import SimpleNamespace
 
-    from mvfr.hypotheses import texel_neighbours
+    from mvfr.mvs.search import texel_neighbours
 
     # 16 x 16 texels; the narrow global mode drifts by one step per column, so only the columns
     # where it sits on (or next to) a coarse sample find it on their own.
@@ -454,7 +447,7 @@ def test_photometric_augment_range_and_per_view():
 
 
 def test_patch_crop_gives_the_same_scores_as_the_full_extent():
-    from mvfr.hypotheses import cut_patches, patch_crop, texels_near
+    from mvfr.mvs.training import cut_patches, patch_crop, texels_near
 
     torch.manual_seed(0)
     setup, images, cams, pos, nrm = plane_setup(S=12, D=21, step=0.02)

@@ -1,13 +1,13 @@
 """Defect [K]: the common crop across views takes the smallest width and height over all views, so a
 capture mixing portrait and landscape images (a user's own rig) silently loses the face's corners.
 
-The crop (``mvfr/hypotheses.py``, ``face_crops``) now takes the largest face box and
+The crop (``mvfr/mvs/face_inputs.py``, ``face_crops``) now takes the largest face box and
 ``crop_views`` zero-pads a view where the crop runs past its border; this test failed before."""
 
 import numpy as np
 
 from mvfr.camera import Camera, project_points
-from mvfr.hypotheses import face_crops
+from mvfr.mvs.face_inputs import face_crops
 
 
 def _cameras():
@@ -36,7 +36,7 @@ def test_mixed_portrait_landscape_crop_keeps_the_whole_face():
 
 
 def test_crop_views_zero_pads_past_the_border():
-    from mvfr.hypotheses import crop_views
+    from mvfr.mvs.face_inputs import crop_views
 
     cams = _cameras()
     imgs = [np.full((c.height, c.width, 3), 200, np.uint8) for c in cams]

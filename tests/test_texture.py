@@ -161,7 +161,7 @@ def fabricate_dataset(root, S=32, D=31, interval_mm=0.5, views=5, image_size=128
     from mvfr.atomic_io import save_image, save_json, save_npy
     from mvfr.camera import write_params
     from mvfr.datafolder import DataFolder, parse_face_id
-    from mvfr.hypotheses import search_mask
+    from mvfr.mvs.face_inputs import search_mask
     from mvfr.mesh_io import vertex_normals
     from mvfr.regularisation import hypothesis_offsets
     from mvfr.template import load_template
