@@ -9,7 +9,8 @@ units: ``pos_map + norm_map * disp`` on the refined texels, the base ``pos_map``
 counter-clockwise seen from outside, with vt and vn). Refined texels: those eval_if searched (the
 template's facial mask and a thin rim around its outline, where the base surface exists; no ground
 truth needed). The network's width comes from the
-checkpoint. Inference runs under ``torch.no_grad()``, tile by tile (``--reg_tile``, ``--reg_overlap``).
+checkpoint. In-process use: ``model, _ = load_model(ckpt, device)`` once, then
+``process_face(opt, folder, model, device, fid)`` per face. Inference runs under ``torch.no_grad()``, tile by tile (``--reg_tile``, ``--reg_overlap``).
 
 Where the score volume holds no evidence the texel stays on the base surface: the displacement is
 scaled by :func:`mvfr.confidence.fallback_weight` of the volume's confidence smoothed over a few
@@ -18,6 +19,7 @@ texels (``--conf_low``, ``--conf_high``), written to ``pred/reg_map/conf_PPP_EE.
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import numpy as np
@@ -38,16 +40,40 @@ from options import parse_options
 CKPT_FORMAT = "mvfr-reg-v1"
 
 
+@functools.lru_cache(maxsize=4)
+def load_model(checkpoint: str, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """The regulariser of ``checkpoint`` in eval mode on ``device`` and its training options (loaded once per process)."""
+    ckpt = read_checkpoint(checkpoint, CKPT_FORMAT)
+    model = build_reg_net(ckpt["options"]).to(device)
+    model.load_state_dict(ckpt["model"], strict=True)
+    model.eval()
+    return model, ckpt["options"]
+
+
+def process_face(opt, folder: DataFolder, model: torch.nn.Module, device, fid: str) -> None:
+    """One face: volume + base maps -> ``pred/reg_map`` (pos_map, conf) and ``pred/reg_mesh`` (the stage's outputs)."""
+    pos = np.load(folder.map(opt.split, "pos_map", fid))
+    nrm = np.load(folder.map(opt.split, "norm_map", fid))
+    vol = load_volume(folder.volume(opt.split, fid), d_size=opt.d_size, size=pos.shape[0])
+    mask = texel_mask(pos, nrm)
+    with torch.no_grad():
+        steps = predict_steps(model, vol, mask, opt.reg_tile, opt.reg_overlap, device)
+    conf = confidence.smooth_confidence(
+        confidence.score_confidence(vol, confidence.exclusion_steps(opt.sigma, opt.interval_scale)), mask)
+    steps = steps * confidence.fallback_weight(conf, opt.conf_low, opt.conf_high)
+    save_npy(folder.conf_map("reg", fid), conf)
+    disp = steps * step_units(opt.interval_scale, folder.mm_per_unit(fid))
+    refined = refine_pos_map(pos, nrm, disp, mask)
+    save_npy(folder.reg_map(fid), refined)
+    write_obj(folder.reg_mesh(fid), uv_grid_mesh(refined, mask))
+
+
 def main() -> int:
     opt = parse_options("eval_reg")
     folder = DataFolder(opt.dataroot)
     start_stage(opt, folder.options_file("eval_reg"))
     device = resolve_device(opt.device)
-    ckpt = read_checkpoint(opt.reg_checkpoint, CKPT_FORMAT)
-    model = build_reg_net(ckpt["options"]).to(device)
-    model.load_state_dict(ckpt["model"], strict=True)
-    model.eval()
-    trained = ckpt["options"]
+    model, trained = load_model(opt.reg_checkpoint, device)
     if int(trained.get("d_size", opt.d_size)) != opt.d_size or float(trained.get("interval_scale", opt.interval_scale)) != opt.interval_scale:
         print(
             f"warning: {opt.reg_checkpoint} was trained with d_size {trained.get('d_size')} / interval_scale "
@@ -55,27 +81,12 @@ def main() -> int:
             file=sys.stderr,
         )
 
-    def process(fid: str) -> None:
-        pos = np.load(folder.map(opt.split, "pos_map", fid))
-        nrm = np.load(folder.map(opt.split, "norm_map", fid))
-        vol = load_volume(folder.volume(opt.split, fid), d_size=opt.d_size, size=pos.shape[0])
-        mask = texel_mask(pos, nrm)
-        with torch.no_grad():
-            steps = predict_steps(model, vol, mask, opt.reg_tile, opt.reg_overlap, device)
-        conf = confidence.smooth_confidence(
-            confidence.score_confidence(vol, confidence.exclusion_steps(opt.sigma, opt.interval_scale)), mask)
-        steps = steps * confidence.fallback_weight(conf, opt.conf_low, opt.conf_high)
-        save_npy(folder.conf_map("reg", fid), conf)
-        disp = steps * step_units(opt.interval_scale, folder.mm_per_unit(fid))
-        refined = refine_pos_map(pos, nrm, disp, mask)
-        save_npy(folder.reg_map(fid), refined)
-        write_obj(folder.reg_mesh(fid), uv_grid_mesh(refined, mask))
-
     ids = select_face_ids(folder, opt)
     def done(fid: str) -> bool:
         return all(p.is_file() for p in (folder.reg_mesh(fid), folder.reg_map(fid), folder.conf_map("reg", fid)))
 
-    summary = run_faces(ids, process, done=done, overwrite=opt.overwrite, desc="eval_reg")
+    summary = run_faces(ids, functools.partial(process_face, opt, folder, model, device), done=done,
+                        overwrite=opt.overwrite, desc="eval_reg")
     return summary.exit_code()
 
 

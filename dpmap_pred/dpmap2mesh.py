@@ -15,10 +15,12 @@ subdivided surface. Writes ``DATA/pred/meso_mesh/PPP_EE.obj`` with vt, vn and, w
 ``DATA/pred/texture/texture_PPP_EE.png`` exists, an MTL and the texture.
 
 Unlike the original release's script there are no hard-coded vertex ids, paths or scales.
+In-process use: ``process_face(opt, folder, fid)`` per face.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import sys
@@ -144,9 +146,27 @@ def displace_mesh(
 # ----------------------------------------------------------------------------------------- script
 
 
-def main(argv=None) -> int:
+def process_face(opt, folder, fid: str) -> None:
+    """One face: ``pred/reg_mesh`` + ``pred/dp_map`` -> ``pred/meso_mesh/PPP_EE.obj`` (+ MTL and texture).
+
+    The Loop operators are cached per topology (:func:`mvfr.subdivision.subdivision`), so faces
+    that share the reg mesh's topology subdivide at the cost of one sparse product.
+    """
     from dpmap_pred.encoding import read_dpmap
     from mvfr.atomic_io import load_image
+    from mvfr.mesh_io import read_mesh, write_obj
+
+    dp, _ = read_dpmap(folder.dp_map(fid))
+    mesh = read_mesh(folder.reg_mesh(fid))
+    levels = opt.dp_subdiv_levels if opt.dp_subdiv_levels >= 0 else auto_subdiv_levels(mesh, dp.shape[0])
+    meso, _ = displace_mesh(mesh, dp, folder.mm_per_unit(fid), levels, opt.dp_smooth_iters)
+    tex = load_image(folder.texture(fid)) if folder.texture(fid).is_file() else None
+    write_obj(folder.meso_mesh(fid), meso, texture_image=tex)
+    log.info("%s: %d -> %d vertices (%d Loop levels)", fid, len(mesh.vertices), len(meso.vertices), levels)
+
+
+def main(argv=None) -> int:
+    from dpmap_pred.encoding import read_dpmap
     from mvfr.datafolder import DataFolder
     from mvfr.mesh_io import read_mesh, write_obj
     from mvfr.runtime import start_stage
@@ -169,17 +189,8 @@ def main(argv=None) -> int:
     folder = DataFolder(opt.dataroot)
     start_stage(opt, folder.options_file("dpmap2mesh"))
 
-    def process(fid: str) -> None:
-        dp, _ = read_dpmap(folder.dp_map(fid))
-        mesh = read_mesh(folder.reg_mesh(fid))
-        levels = opt.dp_subdiv_levels if opt.dp_subdiv_levels >= 0 else auto_subdiv_levels(mesh, dp.shape[0])
-        meso, _ = displace_mesh(mesh, dp, folder.mm_per_unit(fid), levels, opt.dp_smooth_iters)
-        tex = load_image(folder.texture(fid)) if folder.texture(fid).is_file() else None
-        write_obj(folder.meso_mesh(fid), meso, texture_image=tex)
-        log.info("%s: %d -> %d vertices (%d Loop levels)", fid, len(mesh.vertices), len(meso.vertices), levels)
-
-    summary = run_faces(select_face_ids(folder, opt), process, done=lambda fid: folder.meso_mesh(fid).exists(),
-                        overwrite=opt.overwrite, desc="dpmap2mesh")
+    summary = run_faces(select_face_ids(folder, opt), functools.partial(process_face, opt, folder),
+                        done=lambda fid: folder.meso_mesh(fid).exists(), overwrite=opt.overwrite, desc="dpmap2mesh")
     return summary.exit_code()
 
 

@@ -16,11 +16,13 @@ With ``--score`` (and ``--facescape_dataroot RAW`` holding ``RAW/dpmap``, synthe
 predicted maps of the selected faces are compared with the ground truth registered to the surface
 they are applied to (``pred/reg_map``, :mod:`dpmap_pred.targets`; the scan is read): the Pearson
 correlation, MAE and RMSE inside the facial mask are printed and written to ``DATA/logs/dpmap/scores_<split>.json``.
-Plain inference never reads RAW.
+Plain inference never reads RAW. In-process use: ``state = load_state(checkpoint, device, feather)`` once,
+then ``process_face(folder, state, device, fid)`` per face.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -44,6 +46,25 @@ log = logging.getLogger("dpmap_main")
 def predict_masked(net, texture: np.ndarray, size: int, weights: np.ndarray, device) -> np.ndarray:
     """Displacement [size, size] mm of one texture, faded to 0 outside the facial mask."""
     return predict_dpmap(net, texture, size, device) * weights
+
+
+@functools.lru_cache(maxsize=4)
+def load_state(checkpoint: str, device, mask_feather: float) -> tuple:
+    """Everything per-face inference needs, loaded once per process: ``(net, size, weights, meta)``:
+    the generator of ``checkpoint`` on ``device``, its ``dp_size``, the feathered facial-mask
+    weights ``[size, size]`` and the encoding metadata written beside every map."""
+    net, train_opt = load_generator(checkpoint, device)
+    size = int(train_opt["dp_size"])  # the resolution the network was trained at
+    weights = feather_weights(load_facial_mask(size), mask_feather)
+    meta = {"checkpoint": str(checkpoint), "dp_size": size, "mask_feather_texels": mask_feather}
+    return net, size, weights, meta
+
+
+def process_face(folder: DataFolder, state: tuple, device, fid: str) -> None:
+    """One face: ``pred/texture/texture_PPP_EE.png`` -> ``pred/dp_map/dp_map_PPP_EE.png`` (+ .json); ``state`` from :func:`load_state`."""
+    net, size, weights, meta = state
+    dp = predict_masked(net, load_image(folder.texture(fid)), size, weights, device)
+    write_dpmap(folder.dp_map(fid), dp, face_id=fid, **meta)
 
 
 def score_faces(folder: DataFolder, raw: RawFolder, ids: list[str], size: int, split: str, target: str = "registered") -> dict:
@@ -84,13 +105,11 @@ def main(argv=None) -> int:
     opt = parse_options("dpmap_main", argv)
     device = resolve_device(opt.device)
     try:
-        net, train_opt = load_generator(opt.dp_checkpoint, device)
+        state = load_state(opt.dp_checkpoint, device, opt.dp_mask_feather)
     except (FileNotFoundError, ValueError) as exc:
         print(f"dpmap_main: {exc}", file=sys.stderr)
         return 2
-    size = int(train_opt["dp_size"])  # the resolution the network was trained at
-    weights = feather_weights(load_facial_mask(size), opt.dp_mask_feather)
-    meta = {"checkpoint": str(opt.dp_checkpoint), "dp_size": size, "mask_feather_texels": opt.dp_mask_feather}
+    net, size, weights, meta = state
 
     if opt.input or opt.output:
         if not (opt.input and opt.output):
@@ -108,12 +127,8 @@ def main(argv=None) -> int:
 
     folder, raw = DataFolder(opt.dataroot), RawFolder(opt.facescape_dataroot)
     start_stage(opt, folder.options_file("dpmap_main"))
-    def process(fid: str) -> None:
-        dp = predict_masked(net, load_image(folder.texture(fid)), size, weights, device)
-        write_dpmap(folder.dp_map(fid), dp, face_id=fid, **meta)
-
     ids = select_face_ids(folder, opt)
-    summary = run_faces(ids, process, done=lambda fid: folder.dp_map(fid).exists(), overwrite=opt.overwrite, desc="dpmap_main")
+    summary = run_faces(ids, functools.partial(process_face, folder, state, device), done=lambda fid: folder.dp_map(fid).exists(), overwrite=opt.overwrite, desc="dpmap_main")
     if opt.score:
         score_faces(folder, raw, [f for f in ids if folder.dp_map(f).is_file()], size, opt.split, opt.dp_target)
     return summary.exit_code()

@@ -63,9 +63,11 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Area-weighted unit vertex normals [N, 3]; isolated vertices get (0, 0, 0)."""
     tri = vertices[faces]
     n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])  # length = 2 * area
-    out = np.zeros_like(vertices, dtype=np.float64)
-    for k in range(3):
-        np.add.at(out, faces[:, k], n)
+    # Sum per vertex over corner 0 of every face, then corner 1, then corner 2: the order (and so
+    # the rounding) of the former ``np.add.at`` loop, as one ``bincount`` per axis (~10x faster).
+    corners = faces.T.ravel()
+    w = np.broadcast_to(n.astype(np.float64, copy=False), (3,) + n.shape).reshape(-1, 3)
+    out = np.stack([np.bincount(corners, weights=w[:, a], minlength=len(vertices)) for a in range(3)], 1)
     norm = np.linalg.norm(out, axis=1, keepdims=True)
     return np.where(norm > 0, out / np.maximum(norm, 1e-30), 0.0)
 
@@ -73,11 +75,67 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- OBJ
 
 
+def _read_obj_uniform(text: str) -> tuple | None:
+    """Fast path of :func:`read_obj` for the OBJs this project writes: every ``v``/``vn`` line has
+    exactly 3 numbers, every ``vt`` line 2, every ``f`` line 3 corners of one layout (``v``,
+    ``v/vt``, ``v/vt/vn`` or ``v//vn``). Returns ``(v, vt, vn, f, ft)`` arrays (indices as written:
+    1-based or negative; ``ft`` all 0 without vt references), or None when the file is anything
+    else (the line-by-line parser then reads it, and reports errors with line numbers)."""
+    rows: dict[str, list[str]] = {"v": [], "vt": [], "vn": [], "f": []}
+    for line in text.splitlines():
+        key, _, rest = line.partition(" ")
+        bucket = rows.get(key)
+        if bucket is not None:
+            bucket.append(rest)
+        elif key.strip() in rows or (key and not key.isalpha() and key[0] != "#"):
+            return None  # a known key after tabs or leading blanks, or something odd: let the slow path decide
+
+    def numbers(lines: list[str], width: int, dtype) -> np.ndarray | None:
+        # width - 1 single blanks per line allow at most ``width`` tokens on any line, so the total
+        # count below proves that every line has exactly ``width``
+        if any(r.count(" ") != width - 1 for r in lines):
+            return None
+        tokens = " ".join(lines).split()
+        if len(tokens) != width * len(lines):
+            return None
+        try:
+            return np.array(tokens, dtype=dtype).reshape(-1, width)
+        except ValueError:
+            return None
+
+    v, vt, vn = numbers(rows["v"], 3, np.float64), numbers(rows["vt"], 2, np.float64), numbers(rows["vn"], 3, np.float64)
+    if v is None or vt is None or vn is None:
+        return None
+    f_lines = rows["f"]
+    if not f_lines:
+        return v, vt, vn, np.zeros((0, 3), np.int64), np.zeros((0, 3), np.int64)
+    first = f_lines[0].split()
+    if len(first) != 3:
+        return None
+    layout = first[0].count("/"), "//" in first[0]
+    if layout[0] > 2 or any(c.count("/") != layout[0] or ("//" in c) != layout[1] for c in first):
+        return None
+    slashes = 3 * layout[0]
+    if any(r.count("/") != slashes for r in f_lines):
+        return None
+    fields = 1 + layout[0] - int(layout[1])  # numbers per corner
+    idx = numbers([r.replace("//", " ").replace("/", " ") for r in f_lines], 3 * fields, np.int64)
+    if idx is None:
+        return None
+    idx = idx.reshape(-1, 3, fields)
+    f = idx[:, :, 0]
+    ft = idx[:, :, 1] if fields >= 2 and not layout[1] else np.zeros_like(f)
+    return v, vt, vn, f, ft
+
+
 def read_obj(path: str | os.PathLike) -> Mesh:
     """Read a triangle/polygon OBJ (polygons are fan-triangulated); errors name the file and line."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"mesh {path} does not exist")
+    fast = _read_obj_uniform(path.read_text())
+    if fast is not None:
+        return _obj_arrays_to_mesh(path, *fast)
     v, vt, vn, f, ft = [], [], [], [], []
     with open(path) as fh:
         for lineno, line in enumerate(fh, 1):
@@ -101,6 +159,11 @@ def read_obj(path: str | os.PathLike) -> Mesh:
                         ft.append([ti[0], ti[k], ti[k + 1]])
             except (ValueError, IndexError) as exc:
                 raise ValueError(f"{path}:{lineno}: cannot parse OBJ line {line.strip()!r}") from exc
+    return _obj_arrays_to_mesh(path, v, vt, vn, f, ft)
+
+
+def _obj_arrays_to_mesh(path: Path, v, vt, vn, f, ft) -> Mesh:
+    """Parsed OBJ records (indices as written: 1-based, negative = relative; ft 0 = none) -> :class:`Mesh`."""
     vertices = np.asarray(v, dtype=np.float64).reshape(-1, 3)
     faces = np.asarray(f, dtype=np.int64).reshape(-1, 3)
     faces = np.where(faces < 0, faces + len(vertices), faces - 1)  # OBJ: 1-based, negative = relative
@@ -108,11 +171,59 @@ def read_obj(path: str | os.PathLike) -> Mesh:
         raise ValueError(f"{path}: a face refers to a vertex that does not exist")
     uvs = face_uvs = None
     ft_arr = np.asarray(ft, dtype=np.int64).reshape(-1, 3)
-    if vt and ft_arr.size and (ft_arr != 0).all():
+    if len(vt) and ft_arr.size and (ft_arr != 0).all():
         uvs = np.asarray(vt, dtype=np.float64).reshape(-1, 2)
         face_uvs = np.where(ft_arr < 0, ft_arr + len(uvs), ft_arr - 1)
-    normals = np.asarray(vn, dtype=np.float64).reshape(-1, 3) if len(vn) == len(vertices) and vn else None
+    normals = np.asarray(vn, dtype=np.float64).reshape(-1, 3) if len(vn) == len(vertices) and len(vn) else None
     return Mesh(vertices, faces, uvs, face_uvs, normals)
+
+
+_CHUNK_ROWS = 65536  # rows formatted per ``%`` call: bounds the temporary tuple of Python numbers
+
+
+def _format_rows(row_fmt: str, values: np.ndarray) -> list[str]:
+    """``values [N, K]`` -> text blocks, each row formatted with ``row_fmt`` (K ``%`` fields, ending in a newline).
+
+    One C-level ``%`` per block of rows instead of a Python ``format`` call per number: the same
+    characters as ``"{:.6f}".format(x)`` / ``f"{i}"`` per value (both use Python's float and int
+    formatting), about 5x faster.
+    """
+    values = np.asarray(values)
+    out = []
+    for k in range(0, len(values), _CHUNK_ROWS):
+        block = values[k : k + _CHUNK_ROWS]
+        out.append((row_fmt * len(block)) % tuple(block.ravel().tolist()))
+    return out
+
+
+def obj_text_blocks(mesh: Mesh, mtl_name: str | None = None, precision: int = 6) -> list[str]:
+    """The OBJ text of ``mesh`` as blocks to concatenate (``mtl_name``: an ``mtllib`` / ``usemtl`` pair).
+
+    Layout: ``v`` (``precision`` decimals), ``vt`` and ``vn`` (6 decimals), ``f`` with ``v/vt/v``,
+    ``v/vt``, ``v//v`` or ``v`` references (1-based) depending on what the mesh carries.
+    """
+    blocks = [f"mtllib {mtl_name}\n"] if mtl_name is not None else []
+    fv = f"%.{int(precision)}f"
+    blocks += _format_rows(f"v {fv} {fv} {fv}\n", mesh.vertices)
+    if mesh.uvs is not None:
+        blocks += _format_rows("vt %.6f %.6f\n", mesh.uvs)
+    if mesh.normals is not None:
+        blocks += _format_rows("vn %.6f %.6f %.6f\n", mesh.normals)
+    if mtl_name is not None:
+        blocks.append("usemtl material_0\n")
+    f = mesh.faces + 1
+    if mesh.uvs is not None and mesh.normals is not None:
+        ft = mesh.face_uvs + 1
+        refs = np.stack([f, ft, f], axis=2).reshape(-1, 9)  # per corner: v, vt, vn (= v)
+        blocks += _format_rows("f %d/%d/%d %d/%d/%d %d/%d/%d\n", refs)
+    elif mesh.uvs is not None:
+        ft = mesh.face_uvs + 1
+        blocks += _format_rows("f %d/%d %d/%d %d/%d\n", np.stack([f, ft], axis=2).reshape(-1, 6))
+    elif mesh.normals is not None:
+        blocks += _format_rows("f %d//%d %d//%d %d//%d\n", np.stack([f, f], axis=2).reshape(-1, 6))
+    else:
+        blocks += _format_rows("f %d %d %d\n", f)
+    return blocks
 
 
 def write_obj(
@@ -128,31 +239,11 @@ def write_obj(
     (``f v/vt/v``), so MeshLab and Blender show the same shading.
     """
     path = Path(path)
-    lines = []
+    mtl_name = None
     if texture_image is not None:
         texture_name = texture_name or f"{path.stem}.png"
         mtl_name = f"{path.stem}.mtl"
-        lines.append(f"mtllib {mtl_name}")
-    fmt = f"{{:.{precision}f}}"
-    v = mesh.vertices
-    lines.extend("v " + " ".join(fmt.format(x) for x in row) for row in v)
-    if mesh.uvs is not None:
-        lines.extend("vt {:.6f} {:.6f}".format(*row) for row in mesh.uvs)
-    if mesh.normals is not None:
-        lines.extend("vn {:.6f} {:.6f} {:.6f}".format(*row) for row in mesh.normals)
-    if texture_image is not None:
-        lines.append("usemtl material_0")
-    f = mesh.faces + 1
-    if mesh.uvs is not None and mesh.normals is not None:
-        ft = mesh.face_uvs + 1
-        lines.extend(f"f {a}/{ta}/{a} {b}/{tb}/{b} {c}/{tc}/{c}" for (a, b, c), (ta, tb, tc) in zip(f, ft))
-    elif mesh.uvs is not None:
-        ft = mesh.face_uvs + 1
-        lines.extend(f"f {a}/{ta} {b}/{tb} {c}/{tc}" for (a, b, c), (ta, tb, tc) in zip(f, ft))
-    elif mesh.normals is not None:
-        lines.extend(f"f {a}//{a} {b}//{b} {c}//{c}" for a, b, c in f)
-    else:
-        lines.extend(f"f {a} {b} {c}" for a, b, c in f)
+    blocks = obj_text_blocks(mesh, mtl_name, precision)
     if texture_image is not None:
         from mvfr.atomic_io import save_image, save_text
 
@@ -163,7 +254,8 @@ def write_obj(
             f"d 1.0\nillum 1\nmap_Kd {texture_name}\n",
         )
     with atomic_path(path) as tmp:
-        Path(tmp).write_text("\n".join(lines) + "\n")
+        with open(tmp, "w") as fh:
+            fh.writelines(blocks if blocks else ["\n"])
 
 
 # --------------------------------------------------------------------------------------------- PLY

@@ -234,7 +234,9 @@ def predict_steps(
     origins and halo are multiples of the U-Net's down-sampling factor ``2 ** levels``
     (:func:`tiling_plan`), so each window's pooling grid is the whole volume's. Peak memory ~ one
     window of ``D x (tile + 2 halo)^2`` voxels times the network width (201 x 144 x 144 at 64 / 16
-    with 3 levels).
+    with 3 levels). ``tile <= 0``: one window, the mask's bounding box plus the halo (the same
+    result to float rounding, ~5x faster on a 256 x 256 face, peak memory ~ the whole volume times
+    the network width: ~2.2 GB at D 201, S 256, width 8).
     """
     D, S, S2 = volume.shape
     if S != S2 or mask.shape != (S, S):
@@ -242,6 +244,16 @@ def predict_steps(
     model.eval()
     out = np.zeros((S, S), dtype=np.float32)
     levels = int(getattr(model, "levels", 0))
+    if tile <= 0:  # one window over the mask's bounding box: no halo computed twice (~5x less work at 64 / 16)
+        if mask.any():
+            mult = 2**levels
+            halo = -(-max(int(overlap), receptive_radius(model) if levels >= 1 else 0) // mult) * mult
+            rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+            a0, b0 = max(rows[0] // mult * mult - halo, 0), max(cols[0] // mult * mult - halo, 0)
+            a1, b1 = min(rows[-1] + 1 + halo, S), min(cols[-1] + 1 + halo, S)
+            out[a0:a1, b0:b1] = _window_steps(model, volume, mask, a0, a1, b0, b1, device)
+        out[~mask] = 0.0
+        return out
     if levels >= 1:
         tile, halo, starts = tiling_plan(S, min(tile, S), overlap, 2**levels, receptive_radius(model))
     else:  # any other local network: the caller's overlap, plain tiling
@@ -253,12 +265,17 @@ def predict_steps(
                 continue
             a0, a1 = max(i0 - halo, 0), min(i1 + halo, S)
             b0, b1 = max(j0 - halo, 0), min(j1 + halo, S)
-            v = torch.from_numpy(np.ascontiguousarray(volume[:, a0:a1, b0:b1], dtype=np.float32))[None].to(device)
-            m = torch.from_numpy(np.ascontiguousarray(mask[a0:a1, b0:b1]))[None].to(device)
-            steps = soft_argmax(model(v, m), dim=1)[0].cpu().numpy()
+            steps = _window_steps(model, volume, mask, a0, a1, b0, b1, device)
             out[i0:i1, j0:j1] = steps[i0 - a0 : i1 - a0, j0 - b0 : j1 - b0]
     out[~mask] = 0.0
     return out
+
+
+def _window_steps(model, volume: np.ndarray, mask: np.ndarray, a0: int, a1: int, b0: int, b1: int, device) -> np.ndarray:
+    """Soft-argmax steps ``[a1 - a0, b1 - b0]`` of the window ``[:, a0:a1, b0:b1]`` of ``volume [D, S, S]``."""
+    v = torch.from_numpy(np.ascontiguousarray(volume[:, a0:a1, b0:b1], dtype=np.float32))[None].to(device)
+    m = torch.from_numpy(np.ascontiguousarray(mask[a0:a1, b0:b1]))[None].to(device)
+    return soft_argmax(model(v, m), dim=1)[0].cpu().numpy()
 
 
 def refine_pos_map(pos_map: np.ndarray, norm_map: np.ndarray, disp_units: np.ndarray, valid: np.ndarray) -> np.ndarray:
