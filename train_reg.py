@@ -32,6 +32,8 @@ from models.reg_net import RegNet3D
 from mvfr import distributed
 from mvfr.stage import expand_ids
 from mvfr.datafolder import DataFolder
+from mvfr.mvs.face_inputs import search_mask
+from mvfr.mvs.geometry import half_range
 from mvfr.regularisation import (
     gt_steps,
     load_volume,
@@ -39,7 +41,6 @@ from mvfr.regularisation import (
     reg_loss,
     soft_argmax,
     step_units,
-    texel_mask,
 )
 from mvfr.runtime import resolve_device, start_stage
 from mvfr.training import (
@@ -67,10 +68,9 @@ def load_training_face(folder: DataFolder, fid: str, d_size: int, interval_mm: f
     valid = np.load(folder.map("train", "valid_map", fid)).astype(bool)
     vol = load_volume(folder.volume("train", fid), d_size=d_size, size=pos.shape[0])
     step = step_units(interval_mm, folder.mm_per_unit(fid))
-    half = (d_size - 1) / 2.0
     target = gt_steps(mv, step, d_size)
-    loss_mask = valid & (np.abs(mv / step) <= half) & (vol.max(0) > 0)
-    return {"volume": vol.astype(np.float16), "target": target, "valid": loss_mask, "mask": texel_mask(pos, nrm)}
+    loss_mask = valid & (np.abs(mv / step) <= half_range(d_size)) & (vol.max(0) > 0)
+    return {"volume": vol.astype(np.float16), "target": target, "valid": loss_mask, "mask": search_mask(pos, nrm)}
 
 
 def draw_crops(faces: list[dict], items: list[int], step: int, seed: int, crop: int) -> tuple[torch.Tensor, ...]:

@@ -11,71 +11,35 @@ Maps (S x S, texel convention of DESIGN §3, template uv chart):
 - ``valid_map [S, S]`` bool: the normal line hits the GT within the search range AND the texel is
   covered AND inside the facial mask.
 
-Ray casting uses embree through trimesh (``trimesh.ray.ray_pyembree``), falling back to trimesh's
-pure-Python intersector when embreex is missing.
+Ray casting uses :class:`mvfr.visibility.RayCaster` (embree through trimesh). :func:`surface_texels`
+is the one rule for which texels of a map carry a surface.
 """
 
 from __future__ import annotations
-
-import logging
 
 import numpy as np
 
 from mvfr.mesh_io import Mesh, vertex_normals
 from mvfr.uv_rasterizer import UVTable, interpolate_attribute
-
-log = logging.getLogger(__name__)
-
-
-# ------------------------------------------------------------------------------------ ray casting
-
-
-def _intersector(mesh):
-    """An embree ``RayMeshIntersector`` for a ``trimesh.Trimesh`` (cached on the mesh object)."""
-    cache = getattr(mesh, "_mvfr_intersector", None)
-    if cache is not None:
-        return cache
-    try:
-        from trimesh.ray.ray_pyembree import RayMeshIntersector
-    except ImportError:  # pragma: no cover - embreex is a requirement
-        log.warning("embreex is not installed; ray casting falls back to trimesh's slow intersector")
-        from trimesh.ray.ray_triangle import RayMeshIntersector
-    inter = RayMeshIntersector(mesh)
-    mesh._mvfr_intersector = inter
-    return inter
-
-
-def to_trimesh(mesh):
-    """A ``trimesh.Trimesh`` (no processing) of a :class:`Mesh`; a Trimesh is returned as is."""
-    import trimesh
-
-    if isinstance(mesh, trimesh.Trimesh):
-        return mesh
-    return trimesh.Trimesh(np.asarray(mesh.vertices), np.asarray(mesh.faces), process=False)
-
-
-def ray_hit_distance(mesh, origins: np.ndarray, dirs: np.ndarray) -> np.ndarray:
-    """Distance along unit ``dirs [R, 3]`` from ``origins [R, 3]`` to the first surface hit: [R] float64.
-
-    ``mesh``: a ``trimesh.Trimesh`` or :class:`Mesh` (same units as the origins); inf where the ray
-    hits nothing. Hits at distance 0 (origin on the surface) count.
-    """
-    origins = np.ascontiguousarray(origins, dtype=np.float64).reshape(-1, 3)
-    dirs = np.ascontiguousarray(dirs, dtype=np.float64).reshape(-1, 3)
-    out = np.full(len(origins), np.inf)
-    if len(origins) == 0:
-        return out
-    tm = to_trimesh(mesh)
-    inter = _intersector(tm)
-    _, index_ray, locations = inter.intersects_id(origins, dirs, multiple_hits=False, return_locations=True)
-    index_ray = np.asarray(index_ray, dtype=np.int64)
-    if len(index_ray):
-        d = np.einsum("ij,ij->i", np.asarray(locations) - origins[index_ray], dirs[index_ray])
-        np.minimum.at(out, index_ray, np.maximum(d, 0.0))
-    return out
+from mvfr.visibility import RayCaster
 
 
 # ------------------------------------------------------------------------------------------- maps
+
+
+def surface_texels(pos_map: np.ndarray, norm_map: np.ndarray) -> np.ndarray:
+    """Which texels carry a surface: ``[S, S]`` bool, a finite position and a unit normal.
+
+    ``pos_map [S, S, 3]``, ``norm_map [S, S, 3]`` as :func:`base_maps` writes them (unit normals on
+    covered texels, 0 elsewhere, so ``|n| > 0.5`` tells the two apart). Every texel mask of the
+    pipeline starts from this one (:func:`mvfr.mvs.face_inputs.search_mask`, :func:`displacement_map`).
+    """
+    pos_map = np.asarray(pos_map)
+    norm_map = np.asarray(norm_map)
+    if pos_map.ndim != 3 or pos_map.shape[-1] != 3 or norm_map.shape != pos_map.shape:
+        raise ValueError(f"pos_map and norm_map must both be [S, S, 3], got {pos_map.shape} and {norm_map.shape}")
+    finite = np.isfinite(pos_map).all(-1) & np.isfinite(norm_map).all(-1)
+    return finite & (np.linalg.norm(np.nan_to_num(norm_map), axis=-1) > 0.5)
 
 
 def position_map(table: UVTable, vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -132,8 +96,9 @@ def displacement_map(
     """Signed distance along the normal line from the base surface to the GT surface.
 
     pos_map [S, S, 3], norm_map [S, S, 3] (unit, outward) capture units; covered [S, S] bool;
-    gt_mesh: ``trimesh.Trimesh`` or :class:`Mesh` in capture units; search_range > 0 in capture units.
-    From every covered texel two rays are cast (+normal and -normal); the nearer hit wins and is
+    gt_mesh: anything with ``vertices [N, 3]`` and ``faces [F, 3]`` (``trimesh.Trimesh``, :class:`Mesh`)
+    in capture units; search_range > 0 in capture units.
+    From every covered :func:`surface_texels` texel two rays are cast (+normal and -normal); the nearer hit wins and is
     signed + along +normal. Returns ``mv_map [S, S]`` float32 (0 where no hit) and
     ``hit [S, S]`` bool (a hit within ``search_range``).
     """
@@ -141,12 +106,12 @@ def displacement_map(
         raise ValueError(f"search_range must be positive (capture units), got {search_range}")
     covered = np.asarray(covered, dtype=bool)
     n = np.asarray(norm_map, dtype=np.float64)
-    ok = covered & (np.linalg.norm(n, axis=-1) > 0.5)
+    ok = covered & surface_texels(pos_map, n)
     p = np.asarray(pos_map, dtype=np.float64)[ok]
     d = n[ok]
     d = d / np.linalg.norm(d, axis=1, keepdims=True)
-    tm = to_trimesh(gt_mesh)
-    dist = ray_hit_distance(tm, np.concatenate([p, p]), np.concatenate([d, -d]))
+    caster = RayCaster(gt_mesh.vertices, gt_mesh.faces)
+    dist = caster.hit_distance(np.concatenate([p, p]), np.concatenate([d, -d]))
     k = len(p)
     t_pos, t_neg = dist[:k], dist[k:]
     signed = np.where(t_pos <= t_neg, t_pos, -t_neg)

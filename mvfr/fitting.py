@@ -33,6 +33,7 @@ import scipy.sparse.linalg as spla
 from mvfr.mesh_io import Mesh, vertex_normals
 from mvfr.subdivision import Subdivision, loop_subdivision, mesh_edges, subdivision  # noqa: F401 (re-exported)
 from mvfr.triangulation import Triangulation, landmark_visibility, triangulate_points
+from mvfr.visibility import RayCaster
 
 log = logging.getLogger(__name__)
 
@@ -343,8 +344,6 @@ def reconstruct_base_mesh(
     inside the image, not occluded), and re-triangulates from those views only.
     Raises ValueError when fewer than 2 views have landmarks or too few landmarks triangulate.
     """
-    import trimesh
-
     lm = np.asarray(landmarks2d, dtype=np.float64)
     scores = np.asarray(scores, dtype=np.float64)
     V, N = lm.shape[:2]
@@ -372,8 +371,8 @@ def reconstruct_base_mesh(
             break
         verts = fit.mesh.vertices[:N]
         normals = fit.mesh.normals[:N]
-        tm = trimesh.Trimesh(fit.mesh.vertices, fit.mesh.faces, process=False)
-        vis = landmark_visibility(verts, normals, Rt, K, image_sizes, mesh=tm, min_cos=visibility_cos)
+        caster = RayCaster(fit.mesh.vertices, fit.mesh.faces)
+        vis = landmark_visibility(verts, normals, Rt, K, image_sizes, caster=caster, min_cos=visibility_cos)
         new = detected & vis
         # a landmark seen by fewer than 2 views keeps its previous candidates
         few = new.sum(0) < 2

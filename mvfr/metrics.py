@@ -281,7 +281,7 @@ def orient_towards_cameras(
     their winding. A correctly wound scan comes back unchanged.
     """
     from mvfr.mesh_io import face_normals
-    from mvfr.texture import RayCaster
+    from mvfr.visibility import RayCaster
 
     v, f = _check_mesh(vertices, faces, "GT mesh")
     c = np.asarray(centres, dtype=np.float64).reshape(-1, 3)
@@ -289,7 +289,7 @@ def orient_towards_cameras(
         return f, 0
     labels = consistent_patches(f)
     fn = face_normals(v, f)
-    caster = RayCaster(Mesh(v, f))
+    caster = RayCaster(v, f)
     votes = np.zeros(int(labels.max()) + 1)
     for k, centre in enumerate(c):
         pts, _, _ = sample_surface(v, f, rays_per_camera, seed + k)

@@ -3,7 +3,8 @@
 Conventions (shared with the implicit-function stage, DESIGN §1 and §4):
 
 - A score volume is ``[D, S, S]`` (float16 on disk) with scores in (0, 1); hypothesis ``d``
-  (0 .. D-1) of texel (i, j) is the point ``pos_map[i, j] + norm_map[i, j] * (d - (D-1)/2) * step``.
+  (0 .. D-1) of texel (i, j) is the point ``pos_map[i, j] + norm_map[i, j] * (d - (D-1)/2) * step``
+  (:func:`mvfr.mvs.geometry.step_offsets`).
 - ``step`` in capture units is ``interval_scale_mm / mm_per_unit`` (:func:`step_units`).
 - Displacements are handled in **steps** inside this module and the network (the loss compares
   steps with steps: the ground truth ``mv_map`` in capture units is divided by ``step``), and
@@ -21,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mvfr.mvs.geometry import half_range, step_offsets
+
 DEFAULT_CROP = 32  # training patch side, in texels
 DEFAULT_TILE = 64  # inference tile side (interior), in texels
 DEFAULT_OVERLAP = 16  # inference tile margin on each side, in texels (raised to the receptive radius)
@@ -36,17 +39,10 @@ def step_units(interval_scale_mm: float, mm_per_unit: float) -> float:
     return float(interval_scale_mm) / float(mm_per_unit)
 
 
-def hypothesis_offsets(d_size: int) -> np.ndarray:
-    """Displacement of each hypothesis in steps: ``[D]`` float64, ``d - (D - 1) / 2``."""
-    if d_size < 1:
-        raise ValueError(f"d_size must be >= 1, got {d_size}")
-    return np.arange(d_size, dtype=np.float64) - (d_size - 1) / 2.0
-
-
 def gt_steps(mv_map: np.ndarray, step: float, d_size: int) -> np.ndarray:
     """Ground-truth displacement ``mv_map [S, S]`` (capture units) -> steps ``[S, S]`` float32,
     clipped to the hypothesis range ``+-(D - 1) / 2``."""
-    half = (d_size - 1) / 2.0
+    half = half_range(d_size)
     return np.clip(np.asarray(mv_map, dtype=np.float64) / step, -half, half).astype(np.float32)
 
 
@@ -63,7 +59,7 @@ def soft_argmax(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
     prob = torch.softmax(logits, dim=dim)
     shape = [1] * logits.dim()
     shape[dim] = D
-    offsets = (torch.arange(D, device=logits.device, dtype=logits.dtype) - (D - 1) / 2.0).view(shape)
+    offsets = step_offsets(D, like=logits).view(shape)
     return (prob * offsets).sum(dim)
 
 
@@ -71,7 +67,7 @@ def argmax_steps(volume: np.ndarray) -> np.ndarray:
     """Hard argmax of a score volume ``[D, S, S]`` -> displacement in steps ``[S, S]`` float32
     (the implicit function's own answer, the baseline the regulariser must beat)."""
     volume = np.asarray(volume)
-    return (np.argmax(volume, axis=0) - (volume.shape[0] - 1) / 2.0).astype(np.float32)
+    return step_offsets(volume.shape[0])[np.argmax(volume, axis=0)].astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------- volumes
@@ -96,21 +92,6 @@ def load_volume(path: str | os.PathLike, d_size: int | None = None, size: int | 
     if not np.isfinite(vol).all():
         raise ValueError(f"score volume {path} contains NaN or infinity; rerun eval_if.py --overwrite")
     return vol
-
-
-def surface_mask(pos_map: np.ndarray, norm_map: np.ndarray, facial_mask: np.ndarray | None = None) -> np.ndarray:
-    """Texels with a usable base surface: finite position, unit normal, inside ``facial_mask`` when given.
-
-    ``pos_map [S, S, 3]``, ``norm_map [S, S, 3]``, ``facial_mask [S, S]`` bool -> ``[S, S]`` bool.
-    Used in eval mode, where no ``valid_map`` (which needs ground truth) exists.
-    """
-    ok = np.isfinite(pos_map).all(-1) & np.isfinite(norm_map).all(-1)
-    ok &= np.abs(np.linalg.norm(np.nan_to_num(norm_map), axis=-1) - 1.0) < 1e-2
-    if facial_mask is not None:
-        if facial_mask.shape != ok.shape:
-            raise ValueError(f"facial mask {facial_mask.shape} does not match the maps {ok.shape}")
-        ok &= facial_mask.astype(bool)
-    return ok
 
 
 def random_crops(
@@ -157,13 +138,12 @@ def random_crops(
 
 
 def texel_mask(pos_map: np.ndarray, norm_map: np.ndarray) -> np.ndarray:
-    """The texels the regulariser refines (and its meshes contain), without ground truth: the
-    implicit function's search mask (:func:`mvfr.mvs.face_inputs.search_mask`: covered by the base mesh
-    and inside the template's facial mask or a thin rim around its outline), so IF and reg meshes
-    cover the same region. ``[S, S]`` bool."""
+    """The texels the regulariser refines: :func:`mvfr.mvs.face_inputs.search_mask`, so IF and reg
+    meshes cover the same region. ``[S, S]`` bool. Still called by eval_reg.py, gen_tex.py and
+    benchmarks/bench_texture.py; new code calls :func:`~mvfr.mvs.face_inputs.search_mask`."""
     from mvfr.mvs.face_inputs import search_mask
 
-    return search_mask(pos_map, norm_map) & np.isfinite(pos_map).all(-1) & np.isfinite(norm_map).all(-1)
+    return search_mask(pos_map, norm_map)
 
 
 def reg_loss(pred_steps: torch.Tensor, target_steps: torch.Tensor, valid: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -328,9 +308,9 @@ def synthetic_score_volume(
     centre = target_steps + smooth + rng.normal(0, jitter_std, (S, S))
     width = sigma_steps * rng.uniform(0.8, 1.5, (S, S))
     height = rng.uniform(0.5, 1.0, (S, S))
-    off = hypothesis_offsets(d_size).astype(np.float32)[:, None, None]
+    off = step_offsets(d_size).astype(np.float32)[:, None, None]
     vol = height * np.exp(-((off - centre) ** 2) / (2 * width**2))
-    half = (d_size - 1) / 2.0
+    half = half_range(d_size)
     wrong = rng.uniform(-half, half, (S, S))
     has = (rng.random((S, S)) < outlier_rate) * rng.uniform(0.3, 1.0, (S, S))
     vol += has * np.exp(-((off - wrong) ** 2) / (2 * width**2))

@@ -8,8 +8,9 @@ For every texel of a ``T x T`` texture (``T = --tex_uv_size``) whose surface poi
 2. each view gets a weight ``max(cos, 0) ** power`` where ``cos`` is the cosine between the refined
    normal and the direction to the camera centre, set to zero below ``min_cos`` (grazing views),
    off the image, behind the camera, and where the point is **occluded** in that view
-   (:func:`visible_from`: an embree ray from the point to the camera centre that hits the refined
-   mesh itself; this catches self-occlusion, e.g. the cheek behind the nose, not only back faces);
+   (:func:`mvfr.visibility.occluded`: the embree ray from the camera centre hits the refined mesh
+   more than one mean edge length in front of the point; this catches self-occlusion, e.g. the
+   cheek behind the nose, not only back faces);
 3. colours are sampled bilinearly (:func:`mvfr.camera.sample_image`) and averaged with the weights;
 4. texels without any weight (outside the face, or seen by no view) are filled by push-pull
    interpolation (:func:`fill_holes`), so bilinear/mip-mapped lookups at the mesh border never
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 
 from mvfr.camera import Camera, camera_center, pixel_rays, project_points, sample_image, visibility_mask
 from mvfr.mesh_io import Mesh, vertex_normals
+from mvfr.visibility import RayCaster, occluded, view_cosines
 
 log = logging.getLogger(__name__)
 
@@ -82,52 +84,7 @@ def normal_map_from_mesh(mesh: Mesh, valid: np.ndarray) -> np.ndarray:
     return out
 
 
-# ----------------------------------------------------------------------------------- visibility
-
-
-class RayCaster:
-    """Embree ray casting against a mesh (trimesh + embreex), built once per mesh."""
-
-    def __init__(self, mesh: Mesh):
-        import trimesh
-        from trimesh.ray.ray_pyembree import RayMeshIntersector
-
-        self.trimesh = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
-        self.intersector = RayMeshIntersector(self.trimesh)
-        edges = mesh.vertices[mesh.faces[:, [1, 2, 0]]] - mesh.vertices[mesh.faces]
-        self.mean_edge = float(np.linalg.norm(edges, axis=-1).mean()) if len(mesh.faces) else 0.0
-
-    def any_hit(self, origins: np.ndarray, directions: np.ndarray) -> np.ndarray:
-        """``origins, directions [N, 3]`` -> ``[N]`` bool: the ray hits the mesh."""
-        if len(origins) == 0:
-            return np.zeros(0, dtype=bool)
-        return np.asarray(self.intersector.intersects_any(origins, directions), dtype=bool)
-
-    def first_hit(self, origins: np.ndarray, directions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """First hits: ``ray index [K]``, ``triangle index [K]``, ``location [K, 3]``."""
-        tri, ray, loc = self.intersector.intersects_id(origins, directions, multiple_hits=False, return_locations=True)
-        return np.asarray(ray), np.asarray(tri), np.asarray(loc)
-
-
-def visible_from(points: np.ndarray, center: np.ndarray, caster: RayCaster, eps: float | None = None) -> np.ndarray:
-    """Depth test of surface ``points [N, 3]`` against the caster's mesh as seen from ``center [3]``.
-
-    A point is visible when the segment from it (moved ``eps`` towards the camera, default one
-    mean edge length, to leave its own triangle) to the camera centre hits no triangle. -> ``[N]`` bool.
-    """
-    eps = caster.mean_edge if eps is None else eps
-    d = center[None, :] - points
-    dist = np.linalg.norm(d, axis=1, keepdims=True)
-    d = d / np.maximum(dist, 1e-30)
-    start = points + d * np.minimum(eps, 0.5 * dist)
-    return ~caster.any_hit(start, d)
-
-
-def view_cosines(points: np.ndarray, normals: np.ndarray, center: np.ndarray) -> np.ndarray:
-    """Cosine between each normal ``[N, 3]`` and the direction from the point to the camera ``[3]`` -> ``[N]``."""
-    d = center[None, :] - points
-    d = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-30)
-    return np.einsum("ij,ij->i", normals, d)
+# ---------------------------------------------------------------------------------- view weights
 
 
 def view_weights(
@@ -140,18 +97,20 @@ def view_weights(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Blending weight of one view for ``points, normals [N, 3]`` -> ``weight [N]``, ``pix [N, 2]``.
 
-    ``max(cos, 0) ** power``, zero where ``cos < min_cos``, behind the camera, off the image, or
-    (with a ``caster``) occluded by the mesh.
+    ``max(cos, 0) ** power``, zero where ``cos <= min_cos`` (the facing test of
+    :func:`mvfr.visibility.facing`), behind the camera, off the image, or (with a ``caster`` of the
+    refined mesh) occluded by it: :func:`mvfr.visibility.occluded` with a margin of one mean edge
+    length, since a texel of the upsampled surface may lie a little off its own triangle.
     """
     center = camera_center(camera.Rt)
-    cos = view_cosines(points, normals, center)
+    cos = view_cosines(points, normals, center[None])[0]
     pix, depth = project_points(points, camera.K, camera.Rt)
-    ok = visibility_mask(pix, depth, camera.width, camera.height) & (cos >= min_cos)
+    ok = visibility_mask(pix, depth, camera.width, camera.height) & (cos > min_cos)
     w = np.where(ok, np.clip(cos, 0.0, 1.0) ** power, 0.0)
     if caster is not None and ok.any():
         idx = np.flatnonzero(ok)
-        vis = visible_from(points[idx], center, caster)
-        w[idx[~vis]] = 0.0
+        hidden = occluded(points[idx], center[None], caster, caster.mean_edge)[0]
+        w[idx[hidden]] = 0.0
     return w, pix
 
 
@@ -259,7 +218,7 @@ def render_textured_view(
 
     if mesh.uvs is None:
         raise ValueError("render_textured_view needs a mesh with uvs")
-    caster = caster or RayCaster(mesh)
+    caster = caster or RayCaster(mesh.vertices, mesh.faces)
     H, W = camera.height, camera.width
     pix, depth = project_points(mesh.vertices, camera.K, camera.Rt)
     front = depth > 0
@@ -331,7 +290,7 @@ def texture_from_surface(
     pts_t, ok = upsample_map(pos_map, valid, size)
     nrm_t, _ = upsample_map(normals, valid, size)
     nrm_t /= np.maximum(np.linalg.norm(nrm_t, axis=-1, keepdims=True), 1e-12)
-    caster = RayCaster(mesh)
+    caster = RayCaster(mesh.vertices, mesh.faces)
     tex, weight = blend_texture(pts_t, nrm_t, ok, images, cameras, caster, power, min_cos)
     seen = weight > 0
     log.info("texture: %d of %d surface texels seen by at least one view", int(seen.sum()), int(ok.sum()))

@@ -32,6 +32,7 @@ import numpy as np
 
 from mvfr.atomic_io import save_json
 from mvfr.camera import camera_center, project_points
+from mvfr.visibility import RayCaster, facing, occluded
 
 log = logging.getLogger(__name__)
 
@@ -272,27 +273,27 @@ def landmark_visibility(
     Rt: np.ndarray,
     K: np.ndarray | None = None,
     sizes: Sequence[tuple[int, int]] | None = None,
-    mesh=None,
+    caster: RayCaster | None = None,
     min_cos: float = 0.1,
     occlusion_eps: float = 1e-3,
 ) -> np.ndarray:
     """Which views see each surface point: [V, N] bool.
 
     points [N, 3] world units on a surface; normals [N, 3] unit outward normals there;
-    Rt [V, 3, 4]; a point is visible from a view when the cosine between its normal and the
-    direction to the camera centre exceeds ``min_cos``, it is in front of the camera, inside the
-    image (when ``K`` and ``sizes`` = [(width, height)] per view are given) and, when ``mesh``
-    (a ``trimesh.Trimesh``) is given, the segment to the camera hits no other part of the surface
-    (embree ray casting from ``point + occlusion_eps * scale * normal``; scale = mesh extent).
+    Rt [V, 3, 4]; a point is visible from a view when it faces the camera
+    (:func:`mvfr.visibility.facing` with ``min_cos``), is in front of the camera, inside the
+    image (when ``K`` and ``sizes`` = [(width, height)] per view are given) and, when a ``caster``
+    of the surface is given, not occluded by it: :func:`mvfr.visibility.occluded` of the point
+    lifted off the surface along its normal by ``occlusion_eps`` x the mesh's bounding-box diagonal
+    (``caster.extent``), with no further margin. (Lifting along the normal is the test the fit was
+    tuned with; the same distance as a margin along the view ray would change about 0.5 % of the
+    landmark-view decisions on held-out faces.)
     """
     points = np.asarray(points, dtype=np.float64)
     normals = np.asarray(normals, dtype=np.float64)
     Rt = np.asarray(Rt, dtype=np.float64)
     centres = camera_center(Rt)  # [V, 3]
-    to_cam = centres[:, None, :] - points[None]  # [V, N, 3]
-    dist = np.linalg.norm(to_cam, axis=-1)
-    cos = np.einsum("vnk,nk->vn", to_cam, normals) / np.maximum(dist, 1e-30)
-    vis = cos > min_cos
+    vis = facing(points, normals, centres, min_cos)
     depth = np.einsum("vk,nk->vn", Rt[:, 2, :3], points) + Rt[:, None, 2, 3]
     vis &= depth > 0
     if K is not None and sizes is not None:
@@ -300,22 +301,10 @@ def landmark_visibility(
         for v, (w, h) in enumerate(sizes):
             x, y = pix[v, :, 0], pix[v, :, 1]
             vis[v] &= (x >= -0.5) & (x <= w - 0.5) & (y >= -0.5) & (y <= h - 0.5)
-    if mesh is not None and vis.any():
-        scale = float(np.linalg.norm(mesh.extents))
-        vi, ni = np.nonzero(vis)
-        origins = points[ni] + normals[ni] * occlusion_eps * scale
-        dirs = to_cam[vi, ni] / dist[vi, ni, None]
-        hit = _first_hit_distance(mesh, origins, dirs)
-        blocked = hit < dist[vi, ni]
-        vis[vi[blocked], ni[blocked]] = False
+    if caster is not None and vis.any():
+        lifted = points + normals * (occlusion_eps * caster.extent)
+        vis &= ~occluded(lifted, centres, caster, margin=0.0)
     return vis
-
-
-def _first_hit_distance(mesh, origins: np.ndarray, dirs: np.ndarray) -> np.ndarray:
-    """Distance [R] along unit ``dirs`` from ``origins`` to the first hit on ``mesh`` (inf = none)."""
-    from mvfr.base_maps import ray_hit_distance
-
-    return ray_hit_distance(mesh, origins, dirs)
 
 
 # ------------------------------------------------------------------------------- landmark file

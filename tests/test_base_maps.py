@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mvfr.base_maps import base_maps, displacement_map, ground_truth_maps, ray_hit_distance, smooth_normal_map
+from mvfr.base_maps import base_maps, displacement_map, ground_truth_maps, smooth_normal_map, surface_texels
 from mvfr.mesh_io import Mesh
 from mvfr.uv_rasterizer import build_uv_table, texel_centres_uv
 
@@ -131,12 +131,21 @@ def test_nearest_hit_wins_between_two_layers():
         displacement_map(maps["pos_map"], maps["norm_map"], maps["covered"], gt, 0.0)
 
 
-def test_ray_hit_distance_and_normal_smoothing():
-    import trimesh
+def test_surface_texels():
+    pos = np.zeros((3, 3, 3), np.float32)
+    nrm = np.zeros((3, 3, 3), np.float32)
+    nrm[..., 2] = 1
+    pos[0, 0] = np.nan  # no position
+    nrm[1, 1] = 0  # not covered (base_maps writes 0)
+    nrm[2, 2] = np.nan  # no normal
+    nrm[0, 2] = [0.0, 0.6, 0.8]  # any unit normal
+    m = surface_texels(pos, nrm)
+    assert m.sum() == 6 and not m[0, 0] and not m[1, 1] and not m[2, 2] and m[0, 2]
+    with pytest.raises(ValueError, match="S, S, 3"):
+        surface_texels(pos, nrm[:2])
 
-    box = trimesh.creation.box(extents=(2, 2, 2))
-    d = ray_hit_distance(box, np.array([[0, 0, -5.0], [5, 5, 5.0]]), np.array([[0, 0, 1.0], [0, 0, 1.0]]))
-    assert d[0] == pytest.approx(4.0, abs=1e-5) and np.isinf(d[1])
+
+def test_normal_smoothing():
     # smoothing keeps unit length, ignores uncovered texels, and reduces noise
     rng = np.random.default_rng(0)
     n = np.zeros((16, 16, 3))

@@ -11,12 +11,12 @@ from mvfr.mvs.geometry import (
     hypothesis_points,
     normalise_offset,
     project_hypotheses,
+    half_range,
     step_offsets,
 )
 from mvfr.mvs.sampling import sample_image_reference, sample_hypothesis_features, sample_views, ViewFeatures
 from mvfr.mvs.search import coarse_to_fine_argmax, fill_unscored, full_search
 from mvfr.mvs.training import sample_training_hypotheses, score_target
-from mvfr.visibility import occlusion_mask
 from mvfr.training import (
     JsonlLogger,
     list_checkpoints,
@@ -98,6 +98,28 @@ def test_project_hypotheses_matches_camera_projection():
         assert (depth > 0).all()
 
 
+def test_step_offsets_and_half_range_numpy_and_torch():
+    assert half_range(5) == 2.0 and half_range(4) == 1.5
+    np.testing.assert_array_equal(step_offsets(5), [-2.0, -1.0, 0.0, 1.0, 2.0])  # odd D: 0 is a hypothesis
+    np.testing.assert_array_equal(step_offsets(4), [-1.5, -0.5, 0.5, 1.5])  # even D: symmetric, no 0
+    assert step_offsets(201)[[0, 100, 200]].tolist() == [-100.0, 0.0, 100.0]
+    like = torch.zeros(1, dtype=torch.float32)
+    t = step_offsets(4, like=like)
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.tolist() == [-1.5, -0.5, 0.5, 1.5]
+    assert step_offsets(3, like=torch.zeros(1, dtype=torch.float64)).dtype == torch.float64
+    # the network input spans exactly [-1, 1], numpy or torch
+    for D in (4, 5, 201):
+        x = normalise_offset(step_offsets(D), D)
+        assert x[0] == -1.0 and x[-1] == 1.0 and np.all(np.diff(x) > 0)
+        xt = normalise_offset(step_offsets(D, like=like), D)
+        assert xt.dtype == torch.float32 and xt[0].item() == -1.0 and xt[-1].item() == 1.0
+    for bad in (0, 1):
+        with pytest.raises(ValueError, match="d_size"):
+            half_range(bad)
+        with pytest.raises(ValueError, match="d_size"):
+            step_offsets(bad)
+
+
 def test_hypothesis_points_known_answer():
     x = hypothesis_points(np.zeros((1, 3)), np.array([[0.0, 0.0, 1.0]]), step_offsets(5), 0.5)
     np.testing.assert_allclose(x[0, :, 2], [-1.0, -0.5, 0.0, 0.5, 1.0])
@@ -105,7 +127,7 @@ def test_hypothesis_points_known_answer():
         hypothesis_points(np.zeros((2, 3)), np.zeros((3, 3)), step_offsets(5), 0.5)
 
 
-def test_visibility_excludes_view_that_sees_the_back_of_the_face():
+def test_hypotheses_exclude_view_that_sees_the_back_of_the_face():
     import trimesh
 
     sphere = trimesh.creation.icosphere(3, radius=1.0)
@@ -117,9 +139,7 @@ def test_visibility_excludes_view_that_sees_the_back_of_the_face():
     C = np.array([0.0, 0.0, -5.0])
     back = Camera(front.K, np.concatenate([R, (-R @ C)[:, None]], 1), 64, 48)
     Rt = np.stack([front.Rt, back.Rt])
-    occ = occlusion_mask(p, np.stack([front.center, back.center]), sphere.vertices, sphere.faces, search_units=0.2)
-    assert not occ[0].any() and occ[1].all()
-    # the same with an open surface (only the front cap): the back view is rejected as back-facing
+    # an open surface (only the front cap): the back view is rejected as back-facing
     cap = sphere.submesh([np.flatnonzero(sphere.triangles_center[:, 2] > 0.3)], append=True)
     pos_map = np.zeros((2, 2, 3), np.float32)
     nrm_map = np.zeros((2, 2, 3), np.float32)
@@ -216,6 +236,24 @@ def test_aggregate_views_known_answer():
     assert mean[1, 0].item() == 0.0 and var[1, 0].item() == 0.0  # one view: no statistics
     with pytest.raises(ValueError):
         aggregate_views(samples, vis[:2])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("zeroed", [False, True])
+def test_aggregate_views_leaves_its_input_unchanged(dtype, zeroed):
+    gen = torch.Generator().manual_seed(0)
+    vis = torch.rand(4, 6, generator=gen) > 0.3
+    samples = torch.randn(4, 6, 3, generator=gen, dtype=dtype)
+    if zeroed:
+        samples = samples * vis[..., None]
+    before = samples.clone()
+    mean, var, _ = aggregate_views(samples, vis, zeroed=zeroed)
+    assert torch.equal(samples, before)
+    # and the outputs share no memory with the input
+    assert mean.data_ptr() != samples.data_ptr() and var.data_ptr() != samples.data_ptr()
+    mean.add_(1.0)
+    var.add_(1.0)
+    assert torch.equal(samples, before)
 
 
 def test_aggregate_views_gradient_float64():

@@ -6,10 +6,10 @@ import torch
 
 from models.reg_net import RegNet3D, build_reg_net
 from mvfr.mesh_io import face_normals
+from mvfr.mvs.geometry import step_offsets
 from mvfr.regularisation import (
     argmax_steps,
     gt_steps,
-    hypothesis_offsets,
     load_volume,
     predict_steps,
     random_crops,
@@ -17,14 +17,13 @@ from mvfr.regularisation import (
     reg_loss,
     soft_argmax,
     step_units,
-    surface_mask,
 )
 from mvfr.uv_mesh import uv_grid_mesh
 
 
 def gaussian_volume(steps_map: np.ndarray, d_size: int, sigma: float = 2.0) -> np.ndarray:
     """Score volume [D, S, S] with a Gaussian peak at ``steps_map`` (in steps) for every texel."""
-    off = hypothesis_offsets(d_size)[:, None, None]
+    off = step_offsets(d_size)[:, None, None]
     return np.exp(-((off - steps_map[None]) ** 2) / (2 * sigma**2)).astype(np.float32)
 
 
@@ -221,18 +220,6 @@ def test_load_volume_reads_float16_and_checks_shape(tmp_path):
     np.save(p, np.zeros((7, 4, 5), np.float16))
     with pytest.raises(ValueError, match="expected \\[D, S, S\\]"):
         load_volume(p)
-
-
-def test_surface_mask():
-    pos = np.zeros((3, 3, 3), np.float32)
-    nrm = np.zeros((3, 3, 3), np.float32)
-    nrm[..., 2] = 1
-    pos[0, 0] = np.nan
-    nrm[1, 1] = 0
-    fm = np.ones((3, 3), bool)
-    fm[2, 2] = False
-    m = surface_mask(pos, nrm, fm)
-    assert m.sum() == 6 and not m[0, 0] and not m[1, 1] and not m[2, 2]
 
 
 # ------------------------------------------------------------------------------ UV-grid mesh

@@ -6,7 +6,6 @@ import pytest
 from mvfr.camera import Camera
 from mvfr.mesh_io import Mesh
 from mvfr.texture import (
-    RayCaster,
     blend_texture,
     colour_difference,
     fill_holes,
@@ -14,9 +13,9 @@ from mvfr.texture import (
     render_textured_view,
     upsample_map,
     view_weights,
-    visible_from,
 )
 from mvfr.uv_mesh import uv_grid_mesh
+from mvfr.visibility import RayCaster
 
 
 def plane_maps(S: int, z: float = 0.0, half: float = 1.0):
@@ -66,21 +65,21 @@ def test_view_weights_front_back_behind_and_off_image():
     np.testing.assert_allclose(pix[0], [31.5, 31.5])
 
 
-def test_visibility_depth_test_two_planes():
-    """A small plane at z = 1 hides the centre of a plane at z = 0 from a camera above, not its rim."""
+def test_view_weights_zero_where_occluded_by_more_than_one_edge():
+    """A small plane at z = 1 hides the centre of a plane at z = 0 from a camera above, not its rim;
+    a texel half an edge below its own plane (upsampling) is not hidden by it (margin: one mean edge)."""
     S = 9
     far = uv_grid_mesh(plane_maps(S, 0.0, 2.0), np.ones((S, S), bool))
     near = uv_grid_mesh(plane_maps(S, 1.0, 0.5), np.ones((S, S), bool))
     both = Mesh(np.concatenate([far.vertices, near.vertices]), np.concatenate([far.faces, near.faces + len(far.vertices)]))
-    caster = RayCaster(both)
+    caster = RayCaster(both.vertices, both.faces)
     center = np.array([0.0, 0.0, 10.0])
-    pts = np.array([[0.0, 0.0, 0.0], [1.8, 1.8, 0.0], [0.0, 0.0, 1.0]])
-    vis = visible_from(pts, center, caster, eps=1e-3)
-    assert vis.tolist() == [False, True, True]
-    # the same point, occluded, gets zero weight although it faces the camera
+    below = 0.5 * caster.mean_edge
+    pts = np.array([[0.0, 0.0, 0.0], [1.8, 1.8, 0.0], [0.0, 0.0, 1.0], [1.8, 1.8, -below]])
     cam = camera_looking_down(center, f=10.0)
-    w, _ = view_weights(pts, np.tile([0.0, 0.0, 1.0], (3, 1)), cam, caster)
-    assert w[0] == 0.0 and w[1] > 0 and w[2] == pytest.approx(1.0)
+    # the occluded point gets zero weight although it faces the camera
+    w, _ = view_weights(pts, np.tile([0.0, 0.0, 1.0], (4, 1)), cam, caster)
+    assert w[0] == 0.0 and w[1] > 0 and w[2] == pytest.approx(1.0) and w[3] > 0
 
 
 def test_fill_holes_keeps_known_and_fills_everything():
@@ -107,7 +106,7 @@ def test_render_then_blend_round_trip():
     truth = np.stack([127 + 100 * np.sin(6 * xx), 127 + 100 * np.cos(5 * yy), 60 + 150 * xx * yy], -1)
     truth = np.clip(np.rint(truth), 0, 255).astype(np.uint8)
     cams = [camera_looking_down(c, f=150.0, size=128) for c in ([0, 0, 4.0], [1.0, 0, 4.0], [0, -1.0, 4.0])]
-    caster = RayCaster(mesh)
+    caster = RayCaster(mesh.vertices, mesh.faces)
     photos = []
     for cam in cams:
         img, cov = render_textured_view(mesh, truth, cam, caster)
@@ -163,7 +162,7 @@ def fabricate_dataset(root, S=32, D=31, interval_mm=0.5, views=5, image_size=128
     from mvfr.datafolder import DataFolder, parse_face_id
     from mvfr.mvs.face_inputs import search_mask
     from mvfr.mesh_io import vertex_normals
-    from mvfr.regularisation import hypothesis_offsets
+    from mvfr.mvs.geometry import half_range, step_offsets
     from mvfr.template import load_template
     from mvfr.uv_rasterizer import template_uv_table, interpolate_attribute
 
@@ -191,9 +190,9 @@ def fabricate_dataset(root, S=32, D=31, interval_mm=0.5, views=5, image_size=128
             mv_mm = 3.0 * np.sin(5 * xx + ph[0]) * np.cos(4 * yy + ph[1]) + 1.0
             mv = np.where(mask, mv_mm / 10.0, 0.0).astype(np.float32)
             steps = np.where(mask, mv_mm / interval_mm, 0.0)
-            off = hypothesis_offsets(D)[:, None, None]
+            off = step_offsets(D)[:, None, None]
             vol = 0.9 * np.exp(-((off - steps) ** 2) / (2 * 2.0**2))
-            wrong = rng.uniform(-(D - 1) / 2, (D - 1) / 2, (S, S))
+            wrong = rng.uniform(-half_range(D), half_range(D), (S, S))
             vol += np.where(rng.random((S, S)) < 0.2, 1.0, 0.0) * np.exp(-((off - wrong) ** 2) / 2.0)
             vol = np.clip(vol + rng.normal(0, noise, vol.shape), 0.001, 0.999) * mask
             for name, arr in (("pos_map", pos), ("norm_map", nrm), ("mv_map", mv), ("valid_map", mask)):

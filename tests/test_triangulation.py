@@ -18,6 +18,7 @@ from mvfr.triangulation import (
     save_landmarks,
     triangulate_points,
 )
+from mvfr.visibility import RayCaster
 
 
 def look_at(centre, target, up=(0.0, -1.0, 0.0)):
@@ -124,11 +125,13 @@ def test_visibility_normals_and_occlusion():
     nrm = np.array([[0.0, 0.0, 1.0], [0.0, 0.0, -1.0]])
     vis = landmark_visibility(pts, nrm, Rt)
     assert vis[:, 0].all() and not vis[:, 1].any()
-    # occlusion: a sphere of radius 1, a point on its back with a normal forced towards +z is hidden
+    # occlusion: a sphere of radius 1, a point on its back with a normal forced towards +z is hidden;
+    # a point on its front is not hidden by its own triangle (margin: 1e-3 of the mesh's diagonal)
     sphere = trimesh.creation.icosphere(3)
-    vis = landmark_visibility(np.array([[0, 0, -1.0]]), np.array([[0, 0, 1.0]]), Rt, mesh=sphere)
+    caster = RayCaster(sphere.vertices, sphere.faces)
+    vis = landmark_visibility(np.array([[0, 0, -1.0]]), np.array([[0, 0, 1.0]]), Rt, caster=caster)
     assert not vis.any()
-    vis = landmark_visibility(np.array([[0, 0, 1.0]]), np.array([[0, 0, 1.0]]), Rt, mesh=sphere)
+    vis = landmark_visibility(np.array([[0, 0, 1.0]]), np.array([[0, 0, 1.0]]), Rt, caster=caster)
     assert vis.all()
 
 

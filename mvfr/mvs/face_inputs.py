@@ -9,9 +9,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from mvfr.base_maps import surface_texels
 from mvfr.camera import Camera, crop_camera
 from mvfr.mvs.aggregation import MIN_VIEWS
-from mvfr.mvs.geometry import FaceHypotheses, build_face_hypotheses
+from mvfr.mvs.geometry import FaceHypotheses, build_face_hypotheses, half_range
 
 
 # --------------------------------------------------------------------------------------- crops
@@ -146,11 +147,12 @@ def search_region(size: int) -> np.ndarray:
 
 
 def search_mask(pos_map: np.ndarray, norm_map: np.ndarray) -> np.ndarray:
-    """Texels searched by stage 2: covered by the base mesh (unit normal) and inside
-    :func:`search_region` (the facial mask and a thin rim around its outline)."""
-    S = pos_map.shape[0]
-    covered = np.linalg.norm(norm_map, axis=-1) > 0.5
-    return covered & search_region(S)
+    """Texels searched by stage 2 and refined by stage 3 (and so the texels of every predicted mesh
+    and texture): ``[S, S]`` bool, the texels that carry a base surface
+    (:func:`mvfr.base_maps.surface_texels`: finite position, unit normal) inside
+    :func:`search_region` (the facial mask and a thin rim around its outline).
+    ``pos_map [S, S, 3]``, ``norm_map [S, S, 3]``."""
+    return surface_texels(pos_map, norm_map) & search_region(np.asarray(pos_map).shape[0])
 
 
 def load_face_inputs(
@@ -181,7 +183,7 @@ def load_face_inputs(
         raise DataError(f"face {fid}: no texel of {folder.map(split, 'norm_map', fid)} is covered inside the facial mask")
     capture = load_capture(folder, fid, max_views=max_views)
     step = interval_scale_mm / capture.mm_per_unit
-    search_units = step * (d_size - 1) / 2.0
+    search_units = step * half_range(d_size)
     base = read_obj(folder.fit_mesh(fid))
     origins, W, H = face_crops(pos_map, norm_map, mask, capture.cameras, search_units, margin_px)
     images, K, Rt = crop_views(capture.images, capture.cameras, origins, W, H)
@@ -192,9 +194,8 @@ def load_face_inputs(
     if with_gt:
         mv = need("mv_map").astype(np.float64)
         valid = need("valid_map").astype(bool)
-        half = (d_size - 1) / 2.0
         gt_steps = mv[mask] / step
-        ok = valid[mask] & np.isfinite(gt_steps) & (np.abs(gt_steps) <= half)
+        ok = valid[mask] & np.isfinite(gt_steps) & (np.abs(gt_steps) <= half_range(d_size))
         ok &= setup.view_ok.sum(0).numpy() >= MIN_VIEWS
         out.gt_steps = np.where(ok, gt_steps, 0.0)
         out.train_texels = np.flatnonzero(ok)

@@ -3,8 +3,9 @@
 Stage 2 (DESIGN §1): every UV texel with base point ``p`` and unit normal ``n`` gets ``D``
 hypotheses ``x_d = p + n * s_d * step`` where ``s_d = d - (D - 1) / 2`` is the signed offset in
 steps (``d = 0 .. D-1``; D = 201 gives -100 .. +100) and ``step`` is ``interval_scale`` (mm)
-converted to capture units (:func:`step_offsets`, the one place this formula lives). The network
-input for the offset is ``s_d / ((D - 1) / 2)`` in [-1, 1] (:func:`normalise_offset`).
+converted to capture units (:func:`step_offsets` and :func:`half_range`, the one place this formula
+lives, for every stage). The network input for the offset is ``s_d / ((D - 1) / 2)`` in [-1, 1]
+(:func:`normalise_offset`).
 
 A hypothesis is visible in view v when the view may see the texel at all (``view_ok``, computed
 once per face at the base point by :func:`mvfr.visibility.texel_view_visibility`) and, per
@@ -24,16 +25,27 @@ from mvfr.visibility import texel_view_visibility
 # ------------------------------------------------------------------------------------- offsets
 
 
-def step_offsets(d_size: int) -> np.ndarray:
-    """Signed offset of every hypothesis index in steps: ``[D]`` float64, ``d - (D - 1) / 2``."""
+def half_range(d_size: int) -> float:
+    """Half-range of ``D`` hypotheses in steps, ``(D - 1) / 2``: offsets run over ``[-half, half]``."""
     if d_size < 2:
         raise ValueError(f"d_size must be at least 2, got {d_size}")
-    return np.arange(d_size, dtype=np.float64) - (d_size - 1) / 2.0
+    return (d_size - 1) / 2.0
+
+
+def step_offsets(d_size: int, like: torch.Tensor | None = None):
+    """Signed offset of every hypothesis index in steps, ``d - (D - 1) / 2`` -> ``[D]``.
+
+    numpy float64, or with a tensor ``like`` a tensor of its dtype on its device.
+    """
+    steps = np.arange(d_size, dtype=np.float64) - half_range(d_size)
+    if like is None:
+        return steps
+    return torch.as_tensor(steps, dtype=like.dtype, device=like.device)
 
 
 def normalise_offset(steps, d_size: int):
     """Offset in steps -> network input in [-1, 1] (``steps / ((D - 1) / 2)``); numpy or torch."""
-    return steps / ((d_size - 1) / 2.0)
+    return steps / half_range(d_size)
 
 
 def hypothesis_points(points: np.ndarray, normals: np.ndarray, steps: np.ndarray, step: float) -> np.ndarray:
@@ -68,6 +80,11 @@ class FaceHypotheses:
     d_size: int
     step: float
     size: int  # S
+
+    @property
+    def half_range(self) -> float:
+        """The search half-range in steps, :func:`half_range` of ``d_size``."""
+        return half_range(self.d_size)
 
     @property
     def num_texels(self) -> int:
@@ -105,7 +122,7 @@ def build_face_hypotheses(
     n = norm_map.reshape(-1, 3)[texels].astype(np.float64)
     K = np.asarray(K, dtype=np.float64)
     Rt = np.asarray(Rt, dtype=np.float64)
-    search_units = step * (d_size - 1) / 2.0
+    search_units = step * half_range(d_size)
     view_ok = texel_view_visibility(p, n, Rt, base_vertices, base_faces, search_units)
     R, t = Rt[:, :, :3], Rt[:, :, 3]
     cam_p = np.einsum("vij,tj->vti", R, p) + t[:, None, :]

@@ -190,7 +190,7 @@ def model_score_fn(model, features: "ViewFeatures", setup: FaceHypotheses, chunk
     accumulates seconds under ``"sampling"`` (projection + gather) and ``"mlp"`` (aggregation + MLP)
     and the number of scored points under ``"points"``."""
 
-    half = (setup.d_size - 1) / 2.0
+    half = setup.half_range
 
     def fn(texel_index: torch.Tensor, d_index: torch.Tensor) -> torch.Tensor:
         out = torch.empty(texel_index.numel(), dtype=torch.float32, device=features.device)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from mvfr.mvs.aggregation import MIN_VIEWS
-from mvfr.mvs.geometry import FaceHypotheses
+from mvfr.mvs.geometry import FaceHypotheses, half_range
 
 NEAR_FRACTION = 0.8  # training: share of hypotheses drawn near the ground truth
 NEAR_SIGMA_MM = 2.0  # training: std of the near-ground-truth proposal, in mm
@@ -38,7 +38,7 @@ def patch_crop(setup: FaceHypotheses, texel_index: torch.Tensor, margin_px: int 
     would differ from full-image ones), clipped to the setup's extent; ``sub_setup``
     has the subset's texels and pixel coordinates relative to each view's crop.
     """
-    half = (setup.d_size - 1) / 2.0
+    half = setup.half_range
     hp, hn = setup.hp[:, texel_index], setup.hn[:, texel_index]  # [V, K, 3]
     ends = torch.cat([hp - half * hn, hp + half * hn], 1)
     z = ends[..., 2]
@@ -102,7 +102,7 @@ def sample_training_hypotheses(
     """
     if len(valid_texels) == 0:
         raise ValueError("no valid texel to train on (valid_map is empty where the base mesh is searched)")
-    half = (d_size - 1) / 2.0
+    half = half_range(d_size)
     ti = rng.choice(valid_texels, size=num, replace=True)
     near = rng.random(num) < near_fraction
     steps = np.where(near, gt_steps[ti] + rng.normal(0.0, near_sigma_steps, num), rng.uniform(-half, half, num))
