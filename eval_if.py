@@ -23,9 +23,11 @@ Writes, per face (atomically; skipped when they exist unless --overwrite):
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,7 +38,7 @@ from mvfr.atomic_io import save_npy
 from mvfr.datafolder import DataFolder
 from mvfr.mvs.face_inputs import FaceInputs, images_to_tensor, load_face_inputs
 from mvfr.mvs.geometry import step_offsets
-from mvfr.mvs.search import search_face
+from mvfr.mvs.search import SearchPlan, search_face
 from mvfr.mesh_io import write_obj
 from mvfr.runtime import resolve_device, start_stage
 from mvfr.stage import run_faces, select_face_ids
@@ -68,11 +70,29 @@ def resolution_warning(train_options: dict, long_side: int, fid: str) -> str | N
 
 
 def load_model(path: str, device: str):
-    """The implicit function of a checkpoint (architecture from its stored options), in eval mode."""
+    """The implicit function of a checkpoint (architecture from its stored options), in eval mode.
+    Loaded once per process and file version: a later call (run_pipeline's in-process mode, a
+    service) gets the same model."""
+    p = Path(path)
+    stamp = p.stat().st_mtime_ns if p.is_file() else 0  # a missing file: read_checkpoint says so
+    return _load_model(str(p.resolve()), stamp, str(device))
+
+
+@functools.lru_cache(maxsize=2)
+def _load_model(path: str, stamp: int, device: str):
     ckpt = read_checkpoint(path, FORMAT)
     model = build_implicit_function(ckpt["options"])
     model.load_state_dict(ckpt["model"], strict=True)
     return model.to(device).eval(), ckpt
+
+
+def chunk_size(num_sample: int, device: str) -> int:
+    """Points per network call: ``--num_sample``, or for 0 4096 on a CPU (the per-view samples of a
+    chunk, V x 4096 x C floats, stay in the caches and the allocator's heap; 65536 was 1.5x slower)
+    and 65536 on a GPU."""
+    if num_sample > 0:
+        return int(num_sample)
+    return 65536 if str(device).startswith("cuda") else 4096
 
 
 def low_precision_ok(device: str) -> bool:
@@ -85,19 +105,17 @@ def low_precision_ok(device: str) -> bool:
 def run_face(
     model,
     face: FaceInputs,
-    mode: str,
+    plan: SearchPlan,
     chunk: int,
     device: str,
     low_precision: bool | None = None,
-    strides: list[int] | None = None,
-    peaks: int = 1,
-    rounds: int = 0,
     exclusion: float | None = None,
     conf_range: tuple[float, float] = (0.05, 0.2),
 ) -> dict:
     """Search one face -> ``{"volume": [D, S, S] float32, "disp": [S, S] float32 units, "scored": [S, S] bool,
     "conf": [S, S] float32}`` plus seconds ``features_s``, ``search_s`` and the search's ``timings``
-    (sampling, mlp, points). ``disp`` is the argmax displacement times
+    (sampling, mlp, points). ``plan``: how d is searched (:class:`mvfr.mvs.search.SearchPlan`). ``disp``
+    is the argmax displacement times
     :func:`mvfr.confidence.fallback_weight` of the confidence (``conf_range`` = low, high; ``exclusion``
     the rival-peak radius in steps, default 3 sigma of 1 mm)."""
     setup = face.setup.to(device)
@@ -108,7 +126,7 @@ def run_face(
         t0 = time.perf_counter()
         features = model.view_features(images_to_tensor(face.images, device), torch.bfloat16 if low else None)
         t1 = time.perf_counter()
-        argmax, vol = search_face(model, features, setup, mode, chunk, strides, timings, peaks, rounds)
+        argmax, vol = search_face(model, features, setup, plan, chunk, timings)
         t2 = time.perf_counter()
     vol = vol.cpu().numpy()
     argmax = argmax.cpu().numpy()
@@ -138,8 +156,8 @@ def run_face(
 
 
 @torch.no_grad()  # scoped, not torch.set_grad_enabled(False): main() also runs inside other programs (tests)
-def main() -> int:
-    opt = parse_options("eval_if")
+def main(argv=None) -> int:
+    opt = parse_options("eval_if", argv)
     folder = DataFolder(opt.dataroot)
     start_stage(opt, folder.options_file("eval_if"))
     device = resolve_device(opt.device)
@@ -150,14 +168,15 @@ def main() -> int:
         if key in train_opts and train_opts[key] != getattr(opt, key):
             log.warning("--%s %s differs from the %s the checkpoint was trained with", key, getattr(opt, key), train_opts[key])
 
+    plan = SearchPlan.from_options(opt)
+
     def process(fid: str) -> None:
         face = load_face_inputs(folder, opt.split, fid, opt.d_size, opt.interval_scale, with_gt=False,
                                 max_views=opt.if_view_num)
         warning = resolution_warning(train_opts, face.image_long_side, fid)
         if warning:
             log.warning(warning)
-        out = run_face(model, face, opt.search, opt.num_sample, device, strides=opt.c2f_strides, peaks=opt.c2f_peaks,
-                       rounds=opt.c2f_rounds, exclusion=confidence.exclusion_steps(opt.sigma, opt.interval_scale),
+        out = run_face(model, face, plan, chunk_size(opt.num_sample, device), device, exclusion=confidence.exclusion_steps(opt.sigma, opt.interval_scale),
                        conf_range=(opt.conf_low, opt.conf_high))
         save_npy(folder.volume(opt.split, fid), out["volume"].astype(np.float16))
         save_npy(folder.conf_map("if", fid), out["conf"])

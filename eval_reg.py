@@ -27,7 +27,7 @@ import torch
 
 from models.reg_net import build_reg_net
 from mvfr import confidence
-from mvfr.atomic_io import save_npy
+from mvfr.atomic_io import load_npy, save_npy
 from mvfr.datafolder import DataFolder
 from mvfr.mesh_io import write_obj
 from mvfr.regularisation import load_volume, predict_steps, refine_pos_map, step_units, texel_mask
@@ -52,8 +52,8 @@ def load_model(checkpoint: str, device: str | torch.device = "cpu") -> tuple[tor
 
 def process_face(opt, folder: DataFolder, model: torch.nn.Module, device, fid: str) -> None:
     """One face: volume + base maps -> ``pred/reg_map`` (pos_map, conf) and ``pred/reg_mesh`` (the stage's outputs)."""
-    pos = np.load(folder.map(opt.split, "pos_map", fid))
-    nrm = np.load(folder.map(opt.split, "norm_map", fid))
+    pos = load_npy(folder.map(opt.split, "pos_map", fid))
+    nrm = load_npy(folder.map(opt.split, "norm_map", fid))
     vol = load_volume(folder.volume(opt.split, fid), d_size=opt.d_size, size=pos.shape[0])
     mask = texel_mask(pos, nrm)
     with torch.no_grad():
@@ -68,8 +68,8 @@ def process_face(opt, folder: DataFolder, model: torch.nn.Module, device, fid: s
     write_obj(folder.reg_mesh(fid), uv_grid_mesh(refined, mask))
 
 
-def main() -> int:
-    opt = parse_options("eval_reg")
+def main(argv=None) -> int:
+    opt = parse_options("eval_reg", argv)
     folder = DataFolder(opt.dataroot)
     start_stage(opt, folder.options_file("eval_reg"))
     device = resolve_device(opt.device)

@@ -21,6 +21,7 @@ import sys
 
 import numpy as np
 
+from mvfr.atomic_io import load_npy
 from mvfr.base_maps import truth_surface
 from mvfr.capture import load_capture
 from mvfr.datafolder import DataError, DataFolder
@@ -35,18 +36,18 @@ from options import parse_options
 def surface(opt, folder: DataFolder, fid: str, pos: np.ndarray, nrm: np.ndarray) -> np.ndarray:
     """The surface to blend on, ``[S, S, 3]`` capture units: ``pred/reg_map`` or (``--tex_surface truth``) the ground truth."""
     if opt.tex_surface == "truth":
-        mv, valid = np.load(folder.map(opt.split, "mv_map", fid)), np.load(folder.map(opt.split, "valid_map", fid))
+        mv, valid = load_npy(folder.map(opt.split, "mv_map", fid)), load_npy(folder.map(opt.split, "valid_map", fid))
         return truth_surface(pos, nrm, mv, valid)[0]
     if not folder.reg_map(fid).is_file():
         raise DataError(f"face {fid} has no regularised surface {folder.reg_map(fid)}; run eval_reg.py first")
-    return np.load(folder.reg_map(fid))
+    return load_npy(folder.reg_map(fid))
 
 
 def process_face(opt, folder: DataFolder, fid: str) -> None:
     """One face: surface + views -> ``pred/texture/texture_PPP_EE.png`` and the textured OBJ + MTL."""
     exclude = set(opt.tex_exclude_views or [])
-    nrm = np.load(folder.map(opt.split, "norm_map", fid))
-    pos = np.load(folder.map(opt.split, "pos_map", fid))
+    nrm = load_npy(folder.map(opt.split, "norm_map", fid))
+    pos = load_npy(folder.map(opt.split, "pos_map", fid))
     refined = surface(opt, folder, fid, pos, nrm)
     mask = texel_mask(pos, nrm)
     cap = load_capture(folder, fid, max_views=opt.if_view_num)
@@ -59,8 +60,8 @@ def process_face(opt, folder: DataFolder, fid: str) -> None:
     write_obj(folder.textured_mesh(fid), mesh, texture_image=texture, texture_name=folder.texture(fid).name)
 
 
-def main() -> int:
-    opt = parse_options("gen_tex")
+def main(argv=None) -> int:
+    opt = parse_options("gen_tex", argv)
     folder = DataFolder(opt.dataroot)
     start_stage(opt, folder.options_file("gen_tex"))
 

@@ -15,8 +15,8 @@ from mvfr.stage import select_face_ids
 from options import parse_options
 
 
-def main() -> int:
-    opt = parse_options("make_report")
+def main(argv=None) -> int:
+    opt = parse_options("make_report", argv)
     folder, raw = DataFolder(opt.dataroot), RawFolder(opt.facescape_dataroot)
     start_stage(opt)
     path = write_report(folder, raw, select_face_ids(folder, opt, sharded=False), max_faces=opt.report_faces)

@@ -89,14 +89,24 @@ def add_if_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--if_faces_per_step", type=int, default=0,
                    help="training faces per optimiser step (the global batch, split over torchrun processes); 0 = one per process")
     g.add_argument("--if_checkpoint", type=str, default="predefine_data/checkpoint_if.pt", help="checkpoint to evaluate")
-    g.add_argument("--num_sample", type=int, default=65536, help="points per inference chunk (bounds memory)")
+    g.add_argument("--num_sample", type=int, default=0,
+                   help="points per inference chunk (bounds memory; 0 = 4096 on a CPU, where the temporaries then stay "
+                        "in cache, 65536 on a GPU)")
     g.add_argument("--search", choices=("c2f", "full"), default="c2f", help="coarse-to-fine or exhaustive search over D")
     g.add_argument("--c2f_strides", type=int, nargs="+", default=None,
-                   help="coarse-to-fine levels: hypothesis strides, decreasing, ending with 1 (default 12 3 1 for D = 201)")
+                   help="coarse-to-fine levels of the lattice texels: hypothesis strides, decreasing, ending with 1 "
+                        "(default 24 6 2 1 for D = 201)")
     g.add_argument("--c2f_peaks", type=int, default=1,
                    help="coarse-to-fine: refine around this many of each texel's highest coarse local maxima")
+    g.add_argument("--c2f_lattice", type=int, default=2,
+                   help="coarse-to-fine: UV spacing of the texels searched coarse to fine (1 = every texel); the "
+                        "others start from their lattice neighbours' best d")
+    g.add_argument("--c2f_window", type=int, default=2,
+                   help="coarse-to-fine: a texel off the lattice scores its lattice neighbours' best d +- this many steps")
     g.add_argument("--c2f_rounds", type=int, default=6,
-                   help="coarse-to-fine: rounds of propagation (each texel also tries its 8 UV neighbours' best d +-1)")
+                   help="coarse-to-fine: rounds of propagation (each texel also tries its 8 UV neighbours' best d "
+                        "+- --c2f_radius)")
+    g.add_argument("--c2f_radius", type=int, default=2, help="coarse-to-fine: propagation window, +- steps")
 
 
 def add_reg_options(p: argparse.ArgumentParser) -> None:
@@ -112,7 +122,9 @@ def add_reg_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reg_max_minutes", type=float, default=0.0, help="stop training after this many minutes (0 = no limit)")
     g.add_argument("--reg_resume", type=str, default="auto", help="auto = newest checkpoint in DATA/checkpoints/reg, none = start afresh, or a path")
     g.add_argument("--reg_init", type=str, default=None, help="start from these weights (step 0), e.g. a checkpoint pre-trained on synthetic volumes; ignored when resuming")
-    g.add_argument("--reg_tile", type=int, default=64, help="inference tile side, in texels (bounds memory)")
+    g.add_argument("--reg_tile", type=int, default=0,
+                   help="inference tile side, in texels, to bound memory (0 = one window over the face: ~5x less work, "
+                        "~2.2 GB at D 201, S 256)")
     g.add_argument("--reg_overlap", type=int, default=16, help="extra texels on each side of an inference tile (raised to the U-Net's receptive radius, so tiles equal whole-volume inference)")
 
 

@@ -3,16 +3,21 @@
     python run_pipeline.py --dataroot DATA --facescape_dataroot RAW --split eval [--from gen_maps] [--to eval_reg]
     python run_pipeline.py --demo            # what `make demo` runs
 
-Each stage is its own script (run as a subprocess, so a stage is exactly what a user would run by
-hand); a rerun skips the faces a stage has finished. At the end a summary lists, per stage, the
-faces done, skipped and failed (with the reason). ``--demo`` synthesises a small held-out capture
-set, runs the eval pipeline with the shipped checkpoints, evaluates, writes the report and prints
-the per-stage table.
+Each stage is its own script, called with exactly the arguments a user would type by hand. By
+default (``--mode inprocess``) every stage runs in this one process: Python and torch are imported
+once, and arrays written by one stage (maps, volumes, decoded images) are handed to the next from
+memory (:func:`mvfr.atomic_io.keep_in_memory`) while every file of the DATA_FOLDER is still
+written. ``--mode subprocess`` runs each stage as its own process instead. A rerun skips the faces
+a stage has finished. At the end a summary lists, per stage, the faces done, skipped and failed
+(with the reason). ``--demo`` synthesises a small held-out capture set, runs the eval pipeline with
+the shipped checkpoints, evaluates, writes the report and prints the per-stage table.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import json
 import os
 import subprocess
@@ -57,11 +62,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--from", dest="start", default=None, help="first stage to run (a stage name)")
     p.add_argument("--to", dest="stop", default=None, help="last stage to run (a stage name)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="compute device of every stage")
+    p.add_argument("--mode", choices=("inprocess", "subprocess"), default="inprocess",
+                   help="inprocess: every stage in this process, arrays passed in memory; subprocess: a process per stage")
     p.add_argument("--image_long_side", type=int, default=None,
                    help="long side of the processed images, in pixels (default: the resolution the shipped IF "
                         "checkpoint was trained at, stored in it)")
     p.add_argument("--overwrite", action="store_true", help="recompute outputs that exist")
     p.add_argument("--ids", nargs="*", default=None, help="only these face ids (PPP_EE)")
+    p.add_argument("--stage_args", default=None,
+                   help="JSON file mapping stage names to extra arguments, e.g. {\"eval_if\": [\"--c2f_lattice\", \"1\"]}")
     p.add_argument("--demo", action="store_true", help="synthesise demo_data/raw, run the eval chain into demo_data/data")
     p.add_argument("--demo_dir", default="demo_data", help="where --demo writes")
     return p.parse_args(argv)
@@ -82,6 +91,23 @@ def checkpoint_image_long_side(path: Path = SHIPPED_IF_CHECKPOINT) -> int:
         return FALLBACK_IMAGE_LONG_SIDE
 
 
+def read_stage_args(path: str | None) -> dict[str, list[str]]:
+    """``--stage_args`` FILE -> {stage name: [arguments]}; a bad file or unknown stage exits naming it."""
+    if not path:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"error: --stage_args {path} could not be read as JSON ({exc})") from None
+    names = {s[0] for s in EVAL_STAGES + TRAIN_STAGES}
+    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+        raise SystemExit(f"error: --stage_args {path} must map stage names to lists of arguments")
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise SystemExit(f"error: --stage_args {path} names unknown stages {unknown}; the stages are {sorted(names)}")
+    return data
+
+
 def select_stages(stages, start, stop):
     names = [s[0] for s in stages]
     for n in (start, stop):
@@ -93,7 +119,8 @@ def select_stages(stages, start, stop):
 
 
 def stage_argv(name: str, script: str, extra: list[str], opt: argparse.Namespace) -> list[str]:
-    argv = [sys.executable, str(ROOT / script), "--dataroot", opt.dataroot, "--facescape_dataroot", opt.facescape_dataroot]
+    """The stage's command-line arguments (without the interpreter and script)."""
+    argv = ["--dataroot", opt.dataroot, "--facescape_dataroot", opt.facescape_dataroot]
     argv += ["--split", opt.split, "--device", opt.device]
     if name == "preprocess_images":
         argv += ["--image_long_side", str(opt.image_long_side)]
@@ -101,24 +128,57 @@ def stage_argv(name: str, script: str, extra: list[str], opt: argparse.Namespace
         argv.append("--overwrite")
     if opt.ids:
         argv += ["--ids", *opt.ids]
-    return argv + extra
+    return argv + extra + [str(a) for a in opt.extra_args.get(name, [])]
+
+
+def run_in_process(script: str, argv: list[str], summary_file: Path) -> int:
+    """Run a stage script's ``main(argv)`` in this process -> its exit code (as the script would exit)."""
+    from mvfr.runtime import run_main
+    from mvfr.stage import SUMMARY_FILE_ENV
+
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    module = importlib.import_module(script[: -len(".py")].replace("/", "."))
+    os.environ[SUMMARY_FILE_ENV] = str(summary_file)
+    try:
+        with contextlib.chdir(ROOT):  # where a subprocess stage runs: relative defaults (predefine_data/...) resolve alike
+            return int(run_main(lambda: module.main(argv)) or 0)
+    except SystemExit as exc:  # argparse errors and stage-level exits
+        return exc.code if isinstance(exc.code, int) else 1
+    finally:
+        os.environ.pop(SUMMARY_FILE_ENV, None)
+
+
+def run_stages(opt: argparse.Namespace, summary_dir: Path) -> list[tuple[str, int | None, float]]:
+    """Run the selected stages -> ``(name, exit code or None when not built, seconds)`` per stage;
+    each stage's per-face summary goes to ``summary_dir/<name>.json``."""
+    from mvfr.atomic_io import keep_in_memory
+
+    stages = select_stages(EVAL_STAGES if opt.split == "eval" else TRAIN_STAGES, opt.start, opt.stop)
+    results = []
+    with keep_in_memory():
+        for k, (name, script, extra) in enumerate(stages, 1):
+            print(f"\n=== [{k}/{len(stages)}] {name} ===", flush=True)
+            if not (ROOT / script).is_file():
+                results.append((name, None, 0.0))
+                print(f"{script} is not built yet; skipping", flush=True)
+                continue
+            t0 = time.perf_counter()
+            argv = stage_argv(name, script, extra, opt)
+            summary_file = summary_dir / f"{name}.json"
+            if opt.mode == "inprocess":
+                rc = run_in_process(script, argv, summary_file)
+            else:
+                env = dict(os.environ, MVFR_SUMMARY_FILE=str(summary_file))
+                rc = subprocess.call([sys.executable, str(ROOT / script), *argv], cwd=ROOT, env=env)
+            results.append((name, rc, time.perf_counter() - t0))
+    return results
 
 
 def run(opt: argparse.Namespace) -> int:
-    stages = select_stages(EVAL_STAGES if opt.split == "eval" else TRAIN_STAGES, opt.start, opt.stop)
     summary_dir = Path(tempfile.mkdtemp(prefix="mvfr_summary_"))
-    results = []
     t_all = time.time()
-    for k, (name, script, extra) in enumerate(stages, 1):
-        print(f"\n=== [{k}/{len(stages)}] {name} ===", flush=True)
-        if not (ROOT / script).is_file():
-            results.append((name, None, 0.0))
-            print(f"{script} is not built yet; skipping", flush=True)
-            continue
-        t0 = time.time()
-        env = dict(os.environ, MVFR_SUMMARY_FILE=str(summary_dir / f"{name}.json"))
-        rc = subprocess.call(stage_argv(name, script, extra, opt), cwd=ROOT, env=env)
-        results.append((name, rc, time.time() - t0))
+    results = run_stages(opt, summary_dir)
     print(f"\n=== summary ({time.time() - t_all:.0f} s) ===")
     failed_any = False
     for name, rc, seconds in results:
@@ -152,6 +212,10 @@ def demo(opt: argparse.Namespace) -> int:
 
 def main(argv=None) -> int:
     opt = parse_args(argv)
+    # the stages run in the repository root: data paths given relative to where this was called go absolute
+    opt.dataroot, opt.facescape_dataroot = (str(Path(p).resolve()) for p in (opt.dataroot, opt.facescape_dataroot))
+    opt.demo_dir = str(Path(opt.demo_dir).resolve())
+    opt.extra_args = read_stage_args(opt.stage_args)
     if opt.image_long_side is None:
         opt.image_long_side = checkpoint_image_long_side()
     return demo(opt) if opt.demo else run(opt)

@@ -166,8 +166,8 @@ def training_settings(opt, faces: list[FaceInputs]):
     return argparse.Namespace(**values)
 
 
-def main() -> int:
-    argv = sys.argv[1:]
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     opt = parse_options("train_if", argv)
     if "--split" not in argv:
         opt.split = "train"  # training defaults to the training split

@@ -113,8 +113,8 @@ def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, faces: li
     return {"loss": loss, "mae_mm": err * opt.interval_scale, "mae_if_softargmax_mm": err0 * opt.interval_scale, "lr": lr}
 
 
-def main() -> int:
-    opt = parse_options("train_reg")
+def main(argv=None) -> int:
+    opt = parse_options("train_reg", argv)
     folder = DataFolder(opt.dataroot)
     device = distributed.init(resolve_device(opt.device))
     is_main = distributed.is_main()

@@ -2,10 +2,16 @@
 
 An interrupted stage therefore never leaves a half-written file under the final name, and a file
 that already existed keeps its old content until the new one is complete.
+
+Inside :func:`keep_in_memory` (run_pipeline's in-process mode) arrays written by :func:`save_npy`
+and arrays and images read by :func:`load_npy` and :func:`load_image` are also kept in memory, so
+the next stage gets them without reading or decoding the file again; every file is still written,
+and an entry is used only while its file is unchanged (same modification time and size).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -59,11 +65,96 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     return stale
 
 
+# ------------------------------------------------------------------------------ in-memory cache
+
+
+class _MemoryCache:
+    """Arrays by resolved path, with the (mtime_ns, size) of the file they equal; least recently
+    used entries go first once ``budget_bytes`` is exceeded."""
+
+    def __init__(self, budget_bytes: int):
+        self.budget = int(budget_bytes)
+        self.entries: collections.OrderedDict[Path, tuple[tuple[int, int], np.ndarray]] = collections.OrderedDict()
+        self.bytes = 0
+
+    @staticmethod
+    def _key(path) -> tuple[Path, tuple[int, int]] | None:
+        try:
+            p = Path(path).resolve()
+            st = p.stat()
+        except OSError:
+            return None
+        return p, (st.st_mtime_ns, st.st_size)
+
+    def put(self, path, array: np.ndarray) -> None:
+        key = self._key(path)
+        if key is None or array.nbytes > self.budget:
+            return
+        self.drop(key[0])
+        array = np.array(array, copy=True)
+        array.flags.writeable = False
+        self.entries[key[0]] = (key[1], array)
+        self.bytes += array.nbytes
+        while self.bytes > self.budget:
+            self.drop(next(iter(self.entries)))
+
+    def get(self, path) -> np.ndarray | None:
+        key = self._key(path)
+        hit = self.entries.get(key[0]) if key else None
+        if hit is None or hit[0] != key[1]:
+            return None
+        self.entries.move_to_end(key[0])
+        return hit[1]
+
+    def drop(self, resolved: Path) -> None:
+        old = self.entries.pop(resolved, None)
+        if old is not None:
+            self.bytes -= old[1].nbytes
+
+
+_memory: _MemoryCache | None = None
+
+
+@contextlib.contextmanager
+def keep_in_memory(budget_mb: float = 2048.0) -> Iterator[None]:
+    """Within this block, keep written and read arrays and decoded images in memory (at most
+    ``budget_mb``, least recently used dropped first). Nested blocks share the outer cache."""
+    global _memory
+    if _memory is not None:
+        yield
+        return
+    _memory = _MemoryCache(int(budget_mb * 2**20))
+    try:
+        yield
+    finally:
+        _memory = None
+
+
+def _cached(path) -> np.ndarray | None:
+    """A writable copy of the cached array of ``path`` (unchanged since cached), or None."""
+    hit = _memory.get(path) if _memory is not None else None
+    return None if hit is None else hit.copy()
+
+
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write ``array`` as a .npy file atomically."""
+    """Write ``array`` as a .npy file atomically (and keep it in memory inside :func:`keep_in_memory`)."""
+    array = np.asarray(array)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.save(f, np.asarray(array))
+            np.save(f, array)
+    if _memory is not None:
+        _memory.put(path, array)
+
+
+def load_npy(path: str | os.PathLike) -> np.ndarray:
+    """``np.load`` of a .npy file, from memory when :func:`keep_in_memory` holds it unchanged."""
+    hit = _cached(path)
+    if hit is not None:
+        return hit
+    array = np.load(path)
+    if _memory is not None:
+        _memory.put(path, array)
+    return array
 
 
 def save_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
@@ -103,14 +194,18 @@ def save_image(path: str | os.PathLike, image: np.ndarray, jpeg_quality: int = 9
             raise OSError(f"could not write image {path}")
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
+def load_image(path: str | os.PathLike, remember: bool = True) -> np.ndarray:
     """Read an image as RGB uint8 (H, W, 3), as stored (EXIF orientation ignored: calibrations refer to the
-    stored pixels); a missing or corrupt file raises ``ValueError`` naming it."""
+    stored pixels); a missing or corrupt file raises ``ValueError`` naming it. ``remember=False``: not
+    kept by :func:`keep_in_memory` (an image no later stage reads, e.g. a RAW photograph)."""
     import cv2
 
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"image {path} does not exist; restore it, or mark its view invalid in params.json")
+    hit = _cached(path)
+    if hit is not None:
+        return hit
     data = np.fromfile(path, dtype=np.uint8)
     fix = "replace the file, or mark its view invalid in params.json"
     if path.suffix.lower() in (".jpg", ".jpeg") and data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-1024:].tobytes():
@@ -120,4 +215,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
         raise ValueError(f"image {path} could not be decoded (corrupt or not an image); {fix}")
-    return image[:, :, ::-1].copy()
+    image = image[:, :, ::-1].copy()
+    if _memory is not None and remember:
+        _memory.put(path, image)
+    return image

@@ -68,7 +68,7 @@ def preprocess_face(raw: RawFolder, data: DataFolder, fid: str, long_side: int =
     views = choose_views(cams, raw.selected_views(fid), view_num, where)
     out_images, out_cams = {}, {}
     for v in views:
-        img = load_image(raw.image(fid, v))
+        img = load_image(raw.image(fid, v), remember=False)  # only its processed copy is read later
         cam = cams[v]
         if img.shape[:2] != (cam.height, cam.width):
             raise CameraError(

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mvfr.atomic_io import load_npy
 from mvfr.mvs.geometry import half_range, step_offsets
 
 DEFAULT_CROP = 32  # training patch side, in texels
@@ -79,7 +80,7 @@ def load_volume(path: str | os.PathLike, d_size: int | None = None, size: int | 
     if not path.is_file():
         raise ValueError(f"score volume {path} does not exist; run eval_if.py for this face and split first")
     try:
-        vol = np.load(path, mmap_mode="r")
+        vol = load_npy(path)
     except (ValueError, OSError) as exc:
         raise ValueError(f"score volume {path} cannot be read ({exc}); rerun eval_if.py --overwrite") from exc
     if vol.ndim != 3 or vol.shape[1] != vol.shape[2]:

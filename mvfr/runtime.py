@@ -64,9 +64,37 @@ def save_options(path: str | Path, opt: argparse.Namespace) -> None:
     save_json(path, {"options": vars(opt), "environment": environment(), "argv": sys.argv})
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc's allocator to serve large blocks from its heap and keep freed memory mapped
+    (``mallopt``: mmap threshold, trim threshold and top pad raised). The stages allocate and free
+    tens of MB per network chunk; by default every such block is a fresh ``mmap`` whose pages fault
+    in again, which cost a third of eval_if's CPU time in kernel page faults on a 2-core machine.
+    Peak memory is unchanged (the process never held less than its peak). Returns whether it took
+    effect (False off glibc, e.g. macOS)."""
+    import ctypes
+    import ctypes.util
+
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED is None:
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+            _ALLOCATOR_TUNED = all(
+                libc.mallopt(opt, value) == 1
+                for opt, value in ((m_mmap_threshold, 2**31 - 1), (m_trim_threshold, 2**31 - 1), (m_top_pad, 2**28))
+            )
+        except (OSError, AttributeError):
+            _ALLOCATOR_TUNED = False
+    return _ALLOCATOR_TUNED
+
+
+_ALLOCATOR_TUNED: bool | None = None
+
+
 def start_stage(opt: argparse.Namespace, options_path: str | Path | None = None) -> None:
-    """The first lines of every stage: logging, seed, environment log, options file."""
+    """The first lines of every stage: logging, allocator, seed, environment log, options file."""
     setup_logging(getattr(opt, "log_level", "INFO"))
+    keep_freed_memory()
     seed_everything(opt.seed)
     log.info("environment: %s", environment())
     if options_path is not None:

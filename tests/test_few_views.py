@@ -9,6 +9,7 @@ from models.implicit_function import ImplicitFunction, init_from
 from mvfr import confidence
 from mvfr.mvs.aggregation import view_count_feature
 from mvfr.mvs.geometry import FaceHypotheses, subset_views
+from mvfr.mvs.search import SearchPlan
 from mvfr.mvs.training import sample_view_subset
 
 
@@ -124,7 +125,7 @@ def test_flat_score_texel_stays_on_the_base_surface_in_eval_if():
     nrm = np.zeros((S, S, 3), np.float32)
     nrm[..., 2] = 1
     face = FaceInputs("001_01", np.zeros((2, 8, 8, 3), np.uint8), setup, mask, pos, nrm, 1.0, 0.1)
-    out = eval_if.run_face(Flat(), face, "full", 1000, "cpu", low_precision=False, exclusion=3)
+    out = eval_if.run_face(Flat(), face, SearchPlan("full"), 1000, "cpu", low_precision=False, exclusion=3)
     assert np.all(out["conf"] == 0) and np.all(out["disp"] == 0)
     assert out["scored"][mask].all()  # scored, but without evidence
 

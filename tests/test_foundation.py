@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from mvfr.atomic_io import atomic_path, load_image, save_image, save_json, save_npy
+from mvfr.atomic_io import atomic_path, keep_in_memory, load_image, load_npy, save_image, save_json, save_npy
 from mvfr.datafolder import DataError, DataFolder, RawFolder, expression_dirname, face_id, parse_face_id
 from mvfr.mesh_io import Mesh, read_mesh, read_obj, vertex_normals, write_mesh, write_obj
 from mvfr.template import load_template
@@ -101,6 +101,35 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
             raise RuntimeError("killed")
     np.testing.assert_array_equal(np.load(target), np.arange(3))
     assert sorted(os.listdir(tmp_path)) == ["a.npy"]
+
+
+def test_keep_in_memory_serves_unchanged_files_only(tmp_path, monkeypatch):
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    path = tmp_path / "a.npy"
+    reads = []
+    real_load = np.load
+    monkeypatch.setattr(np, "load", lambda p, *k, **kw: reads.append(p) or real_load(p, *k, **kw))
+    with keep_in_memory():
+        save_npy(path, a)
+        got = load_npy(path)
+        assert reads == [] and np.array_equal(got, a)  # served from memory, the file still written
+        got[0, 0] = -1  # a writable copy: the cache is not changed through it
+        assert load_npy(path)[0, 0] == 0
+        np.save(path, a + 1)  # the file changes behind the cache's back (new mtime or size)
+        os.utime(path, ns=(1, 1))
+        assert np.array_equal(load_npy(path), a + 1) and len(reads) == 1
+    assert np.array_equal(real_load(path), a + 1)
+    with keep_in_memory(budget_mb=a.nbytes * 1.5 / 2**20):  # room for one array
+        save_npy(tmp_path / "b.npy", a)
+        save_npy(tmp_path / "c.npy", a)
+        reads.clear()
+        load_npy(tmp_path / "c.npy")
+        load_npy(tmp_path / "b.npy")  # evicted when c came in
+        assert len(reads) == 1
+    reads.clear()
+    load_npy(path)  # outside the block nothing is kept
+    load_npy(path)
+    assert len(reads) == 2
 
 
 def test_image_round_trip_and_corrupt_image(tmp_path):

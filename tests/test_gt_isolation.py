@@ -9,6 +9,7 @@ import shutil
 import sys
 
 import numpy as np
+import pytest
 
 from mvfr.atomic_io import save_npy
 from mvfr.datafolder import DataFolder, RawFolder
@@ -93,3 +94,37 @@ def test_every_eval_stage_gives_identical_outputs_without_ground_truth(tmp_path,
     # and the chain did something: the regulariser moved the surface off the base mesh
     moved = np.load(data.reg_map(FIDS[0])) - np.load(data.map("eval", "pos_map", FIDS[0]))
     assert np.abs(moved).max() > 0
+
+
+def test_run_pipeline_in_process_writes_what_the_scripts_write(tmp_path, monkeypatch):
+    """run_pipeline's in-process mode (one process, arrays handed over in memory) writes byte for byte
+    what the stage scripts write when run one by one; the per-face summaries say every face was done."""
+    import json
+
+    import run_pipeline
+
+    data, raw, per_view = make_dataset(tmp_path / "scripts", fids=FIDS)
+    run_eval_chain(data, raw, per_view, monkeypatch)
+    shutil.copytree(tmp_path / "scripts", tmp_path / "inprocess")
+    data2, raw2 = DataFolder(tmp_path / "inprocess" / "data"), RawFolder(tmp_path / "inprocess" / "raw")
+    for sub in ("volume", "pred"):  # everything from eval_if on is made again
+        shutil.rmtree(data2.root / sub)
+    hyp = ["--d_size", str(D), "--interval_scale", str(INTERVAL), "--conf_high", "0"]
+    stage_args = tmp_path / "stage_args.json"  # the arguments run_eval_chain gives each stage
+    stage_args.write_text(json.dumps({"eval_if": hyp + ["--c2f_rounds", "1"], "eval_reg": hyp, "gen_tex": ["--tex_uv_size", "128"],
+                                      "dpmap2mesh": ["--dp_subdiv_levels", "1"]}))
+    opt = run_pipeline.parse_args(["--dataroot", str(data2.root), "--facescape_dataroot", str(raw2.root), "--device", "cpu",
+                                   "--from", "eval_if", "--to", "dpmap2mesh", "--stage_args", str(stage_args)])
+    opt.extra_args = run_pipeline.read_stage_args(opt.stage_args)
+    summaries = tmp_path / "summaries"
+    summaries.mkdir()
+    results = run_pipeline.run_stages(opt, summaries)
+    assert [(name, rc) for name, rc, _ in results] == [(n, 0) for n in ("eval_if", "eval_reg", "gen_tex", "dpmap_main", "dpmap2mesh")]
+    for name, _, _ in results:
+        assert sorted(json.loads((summaries / f"{name}.json").read_text())["done"]) == sorted(FIDS)
+    scripts, inprocess = outputs(data), outputs(data2)
+    differ = [k for k in scripts if scripts[k] != inprocess[k]]
+    assert not differ, differ
+    with pytest.raises(SystemExit, match="unknown stages"):
+        stage_args.write_text(json.dumps({"eval_iff": []}))
+        run_pipeline.read_stage_args(str(stage_args))

@@ -427,6 +427,70 @@ def test_propagation_spreads_a_mode_the_coarse_pass_missed():
         coarse_to_fine_argmax(fn, S * S, D, rounds=1)
 
 
+def test_lattice_search_follows_a_smooth_surface_with_half_the_scores():
+    from types import SimpleNamespace
+
+    from mvfr.mvs.search import texel_neighbours, uv_lattice
+
+    # a 32 x 32 patch of texels with a hole; each texel's peak follows a smooth surface in d
+    S, D = 32, 201
+    grid = torch.arange(S * S)
+    r, c = grid // S, grid % S
+    texels = grid[~((r - 16) ** 2 + (c - 10) ** 2 < 9)]  # a hole, as the eyes and mouth make
+    setup = SimpleNamespace(texels=texels, size=S)
+    tr, tc = (texels // S).double(), (texels % S).double()
+    peak = 100.0 + 12.0 * torch.sin(tr / 5.0) * torch.cos(tc / 7.0)  # up to ~2.5 steps per texel
+
+    def fn(t, d):
+        return torch.exp(-((d.double() - peak[t]) ** 2) / (2 * 6.0**2)).float()
+
+    calls = {"dense": 0, "lattice": 0}
+
+    def counted(key):
+        def f(t, d):
+            calls[key] += t.numel()
+            return fn(t, d)
+        return f
+
+    T = len(texels)
+    neighbours = texel_neighbours(setup)
+    lattice = uv_lattice(setup, neighbours, 2)
+    assert torch.equal(uv_lattice(setup, neighbours, 1), torch.ones(T, dtype=torch.bool))
+    off = ~lattice
+    on_nb = torch.where(neighbours >= 0, lattice[neighbours.clamp(min=0)], torch.zeros_like(neighbours, dtype=torch.bool))
+    assert on_nb[off].any(1).all()  # every texel off the lattice borders one on it
+    assert 0.2 < lattice.float().mean() < 0.35
+    truth = full_search(fn, T, D).argmax(1)
+    dense, _ = coarse_to_fine_argmax(counted("dense"), T, D, neighbours=neighbours, rounds=6)
+    sparse, vol = coarse_to_fine_argmax(counted("lattice"), T, D, neighbours=neighbours, rounds=6, lattice=lattice,
+                                        radius=2)
+    assert torch.equal(dense, truth)
+    assert torch.equal(sparse, truth)
+    assert calls["lattice"] < 0.6 * calls["dense"]
+    assert torch.isnan(vol[off]).sum(1).min() > D - 30  # off the lattice only a few d are scored
+    filled = fill_unscored(vol, lattice=lattice, neighbours=neighbours)
+    assert not torch.isnan(filled).any() and torch.equal(filled.argmax(1), truth)
+    with pytest.raises(ValueError):
+        coarse_to_fine_argmax(fn, T, D, lattice=lattice)  # a lattice needs the neighbours
+
+
+def test_fill_unscored_off_lattice_takes_the_lattice_neighbours_shape():
+    nan = float("nan")
+    v = torch.tensor([[0.0, nan, 2.0, nan], [4.0, nan, nan, 8.0], [nan, 9.0, nan, nan]])
+    lattice = torch.tensor([True, True, False])
+    neighbours = torch.tensor([[1, -1], [0, 2], [0, 1]])
+    out = fill_unscored(v, lattice=lattice, neighbours=neighbours)
+    torch.testing.assert_close(out[0], torch.tensor([0.0, 1.0, 2.0, 2.0]))  # lattice rows: linear along d
+    torch.testing.assert_close(out[1], torch.tensor([4.0, 16 / 3, 20 / 3, 8.0]))
+    # off the lattice: the neighbours' rows, shifted so their best (d 2 and 3) sits on the texel's (d 1),
+    # averaged ([(1 + 20/3) / 2, 5, 5, 5]) and scaled to the texel's own best score, kept strictly below it
+    assert out[2, 1] == 9.0
+    torch.testing.assert_close(out[2, 0], torch.tensor((1 + 20 / 3) / 2 * 9 / 5))
+    assert (out[2, 2:] < 9.0).all() and torch.allclose(out[2, 2:], torch.tensor([9.0, 9.0]))
+    assert torch.equal(out.argmax(1)[2], torch.tensor(1))  # the argmax stays what the texel scored
+    assert torch.isnan(v[2, 0])  # the input is not filled in place
+
+
 def test_fill_unscored_interpolates_linearly():
     v = torch.tensor([[float("nan"), 1.0, float("nan"), float("nan"), 4.0, float("nan")], [float("nan")] * 6])
     out = fill_unscored(v)

@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from mvfr.atomic_io import load_npy
 from mvfr.base_maps import surface_texels
 from mvfr.camera import Camera, crop_camera
 from mvfr.mvs.aggregation import MIN_VIEWS
@@ -174,7 +175,7 @@ def load_face_inputs(
         path = folder.map(split, name, fid)
         if not path.is_file():
             raise DataError(f"{path} does not exist; run gen_maps.py --split {split} first")
-        return np.load(path)
+        return load_npy(path)
 
     pos_map = need("pos_map").astype(np.float32)
     norm_map = need("norm_map").astype(np.float32)

@@ -7,6 +7,7 @@ The search (:func:`coarse_to_fine_argmax`, :func:`full_search`) is written again
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Callable, Sequence
 
@@ -46,13 +47,14 @@ def full_search(score_fn: ScoreFn, num_texels: int, d_size: int, device="cpu") -
 
 
 def default_strides(d_size: int) -> tuple[int, ...]:
-    """Search levels for ``d_size``: 12, 3, 1 for the paper's D = 201 (about 28 of 201 hypotheses
-    before propagation); 8, 2, 1 for D <= 64; exhaustive for D <= 16."""
+    """Search levels for ``d_size``: 24, 6, 2, 1 for the paper's D = 201 (21 of 201 hypotheses per
+    lattice texel before propagation; the learnt score's peak is wide enough that a 24-step grid
+    lands on its flank); 8, 2, 1 for D <= 64; exhaustive for D <= 16."""
     if d_size <= 16:
         return (1,)
     if d_size <= 64:
         return (8, 2, 1)
-    return (12, 3, 1)
+    return (24, 6, 2, 1)
 
 
 def coarse_peaks(values: torch.Tensor, count: int) -> torch.Tensor:
@@ -83,6 +85,32 @@ def _score_candidates(score_fn: ScoreFn, vol: torch.Tensor, rows: torch.Tensor, 
     return torch.unique(t_sel)
 
 
+def uv_lattice(setup: FaceHypotheses, neighbours: torch.Tensor, spacing: int) -> torch.Tensor:
+    """``[T] bool``: the searched texels on every ``spacing``-th row and column of the UV grid, plus every
+    texel none of whose 8 neighbours (``neighbours [T, 8]``, :func:`texel_neighbours`) is on it, so that
+    each texel off the lattice borders one on it. ``spacing`` 1: every texel."""
+    if spacing < 1:
+        raise ValueError(f"lattice spacing must be >= 1, got {spacing}")
+    t = setup.texels.to(neighbours.device)
+    on = ((t // setup.size) % spacing == 0) & ((t % setup.size) % spacing == 0)
+    bordered = torch.where(neighbours >= 0, on[neighbours.clamp(min=0)], torch.zeros_like(on[neighbours.clamp(min=0)])).any(1)
+    return on | ~bordered
+
+
+def _best(vol: torch.Tensor) -> torch.Tensor:
+    return torch.nan_to_num(vol, nan=-float("inf")).argmax(1)
+
+
+def _around(centre: torch.Tensor, radius: int) -> torch.Tensor:
+    """Candidates ``centre [R, K]`` +- ``radius`` -> ``[R, K * (2 radius + 1)]`` (no centre: -10 D, out of range)."""
+    return (centre[:, :, None] + torch.arange(-radius, radius + 1, device=centre.device)).reshape(len(centre), -1)
+
+
+def _neighbour_best(best: torch.Tensor, nb: torch.Tensor, use: torch.Tensor, d_size: int) -> torch.Tensor:
+    """``best [T]`` of the neighbours ``nb [R, K]`` where ``use [R, K]``, else an out-of-range index."""
+    return torch.where(use, best[nb.clamp(min=0)], torch.full_like(nb, -(10 * d_size)))
+
+
 def coarse_to_fine_argmax(
     score_fn: ScoreFn,
     num_texels: int,
@@ -92,6 +120,9 @@ def coarse_to_fine_argmax(
     peaks: int = 1,
     neighbours: torch.Tensor | None = None,
     rounds: int = 0,
+    lattice: torch.Tensor | None = None,
+    window: int = 2,
+    radius: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Coarse-to-fine search over d for every texel.
 
@@ -104,10 +135,16 @@ def coarse_to_fine_argmax(
     (the true peak lies strictly between the coarse peak's neighbours). ``strides`` must decrease
     and end with 1.
 
+    ``lattice [T] bool`` (default: every texel; :func:`uv_lattice`) restricts these levels to a
+    sub-lattice of the UV grid. Every other texel starts from its lattice neighbours instead (the
+    surface is continuous): it scores the hypotheses within +-``window`` of each lattice neighbour's
+    best, then +-1 around its own best. With a lattice of spacing 2 this is a quarter of the coarse work.
+
     Then ``rounds`` rounds of propagation (as in PatchMatch stereo): with ``neighbours [T, K]``
     (indices of each texel's neighbours on the surface, -1 for none) every texel also scores the
-    hypotheses within +-1 of each neighbour's current best. The surface is continuous, so a mode a
-    texel's own coarse pass missed is usually found through a neighbour that did not miss it.
+    hypotheses within +-``radius`` of each neighbour's current best; only texels with a neighbour
+    whose best moved in the last round take part. A mode a texel's own pass missed is usually
+    found through a neighbour that did not miss it.
 
     Returns ``argmax [T]`` int64 and ``volume [T, D]`` float32 with NaN where nothing was scored.
     """
@@ -116,51 +153,101 @@ def coarse_to_fine_argmax(
         raise ValueError(f"strides must be strictly decreasing and end with 1, got {strides}")
     if peaks < 1:
         raise ValueError(f"peaks must be >= 1, got {peaks}")
+    sparse = lattice is not None and not bool(lattice.all())
+    if (rounds > 0 or sparse) and neighbours is None:
+        raise ValueError("propagation rounds and a lattice need the neighbours table")
+    nb = neighbours.to(device) if neighbours is not None else None
     vol = torch.full((num_texels, d_size), float("nan"), device=device)
+    rows = torch.nonzero(lattice.to(device)).squeeze(1) if sparse else torch.arange(num_texels, device=device)
     coarse = torch.unique(torch.cat([torch.arange(0, d_size, strides[0]), torch.tensor([d_size - 1])])).to(device)
-    t = torch.arange(num_texels, device=device).repeat_interleave(len(coarse))
-    d = coarse.repeat(num_texels)
+    t = rows.repeat_interleave(len(coarse))
+    d = coarse.repeat(len(rows))
     vol[t, d] = score_fn(t, d).float()
     for level, (prev, s) in enumerate(zip(strides[:-1], strides[1:])):
         if level == 0 and peaks > 1:
-            pos = coarse_peaks(vol[:, coarse], peaks)  # [T, P] columns of the coarse grid
+            pos = coarse_peaks(vol[rows][:, coarse], peaks)  # [R, P] columns of the coarse grid
             centre = torch.where(pos >= 0, coarse[pos.clamp(min=0)], torch.full_like(pos, -(10 * d_size)))
         else:
-            centre = torch.nan_to_num(vol, nan=-float("inf")).argmax(1)[:, None]  # [T, 1]
+            centre = _best(vol[rows])[:, None]  # [R, 1]
         j = torch.arange(-((prev - 1) // s), (prev - 1) // s + 1, device=device) * s
         j = j[j != 0]
-        cand = (centre[:, :, None] + j[None, None, :]).reshape(num_texels, -1)  # [T, P * J]
-        _score_candidates(score_fn, vol, torch.arange(num_texels, device=device), cand)
-    if rounds > 0 and neighbours is None:
-        raise ValueError("propagation rounds need the neighbours table")
+        cand = (centre[:, :, None] + j[None, None, :]).reshape(len(rows), -1)  # [R, P * J]
+        _score_candidates(score_fn, vol, rows, cand)
+    if sparse:
+        on = lattice.to(device)
+        off = torch.nonzero(~on).squeeze(1)
+        nbo = nb[off]
+        best = _best(vol)
+        _score_candidates(score_fn, vol, off, _around(_neighbour_best(best, nbo, (nbo >= 0) & on[nbo.clamp(min=0)], d_size), window))
+        _score_candidates(score_fn, vol, off, _around(_best(vol[off])[:, None], 1))
     if rounds > 0:
-        nb = neighbours.to(device)
         has = nb >= 0
-        best = torch.nan_to_num(vol, nan=-float("inf")).argmax(1)
+        best = _best(vol)
         changed = torch.ones(num_texels, dtype=torch.bool, device=device)
         for _ in range(rounds):
-            # only texels with a neighbour whose best moved in the last round can gain a candidate
             active = torch.nonzero((changed[nb.clamp(min=0)] & has).any(1)).squeeze(1)
             if not active.numel():
                 break
             nba = nb[active]
-            centre = torch.where(nba >= 0, best[nba.clamp(min=0)], torch.full_like(nba, -(10 * d_size)))  # [A, K]
-            cand = (centre[:, :, None] + torch.arange(-1, 2, device=device)).reshape(len(active), -1)
-            rows = _score_candidates(score_fn, vol, active, cand)
+            scored = _score_candidates(score_fn, vol, active, _around(_neighbour_best(best, nba, nba >= 0, d_size), radius))
             changed = torch.zeros_like(changed)
-            if not rows.numel():
+            if not scored.numel():
                 break
-            new_best = torch.nan_to_num(vol[rows], nan=-float("inf")).argmax(1)
-            changed[rows] = new_best != best[rows]
-            best[rows] = new_best
-    argmax = torch.nan_to_num(vol, nan=-float("inf")).argmax(1)
-    return argmax, vol
+            new_best = _best(vol[scored])
+            changed[scored] = new_best != best[scored]
+            best[scored] = new_best
+    return _best(vol), vol
 
 
-def fill_unscored(volume: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """Linear interpolation along d of the NaN entries of ``volume [T, D]`` between scored neighbours
-    (constant beyond the first/last scored one; 0 for a row with no score). Rows go ``chunk`` at a
-    time (the temporaries stay in cache)."""
+def fill_unscored(
+    volume: torch.Tensor, chunk: int = 2048, lattice: torch.Tensor | None = None, neighbours: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Fill the NaN (unscored) entries of ``volume [T, D]``; the argmax of every row stays its best scored entry.
+
+    A texel searched coarse to fine (every texel, or those of ``lattice [T] bool``) is interpolated
+    linearly along d between its scored hypotheses (constant beyond the first/last scored one; 0 for
+    a row with no score). A texel off the lattice was scored only near its peak
+    (:func:`coarse_to_fine_argmax`): its unscored entries come from its lattice neighbours
+    (``neighbours [T, K]``) instead, each neighbour's filled row shifted along d so that its best
+    sits on the texel's best, averaged, and scaled so that its maximum is the texel's best score
+    (so away from the peak the profile is the neighbours' shape, and nothing borrowed outscores
+    what the texel scored itself). Rows go ``chunk`` at a time (the temporaries stay in cache)."""
+    if lattice is None or bool(lattice.all()):
+        return _fill_linear(volume, chunk)
+    on = lattice.to(volume.device)
+    out = volume.clone()
+    out[on] = _fill_linear(volume[on], chunk)
+    off = torch.nonzero(~on).squeeze(1)
+    nb = neighbours.to(volume.device)
+    T, D = volume.shape
+    d = torch.arange(D, device=volume.device)
+    best = _best(out)  # lattice rows: of the filled row; the others: of what they scored
+    # an off-lattice texel has at most 4 lattice neighbours among its 8 (spacing >= 2): keep those
+    use_all = (nb >= 0) & on[nb.clamp(min=0)]
+    keep = min(4, nb.shape[1])
+    order = torch.sort(use_all.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :keep]
+    nb_lat = torch.where(torch.gather(use_all, 1, order), torch.gather(nb, 1, order), torch.full_like(order, -1))
+    for s in range(0, len(off), chunk):
+        rows = off[s : s + chunk]
+        own = out[rows]  # [R, D]
+        own_best = best[rows]
+        own_max = torch.nan_to_num(own, nan=-float("inf")).amax(1)
+        n = nb_lat[rows].clamp(min=0)
+        use = nb_lat[rows] >= 0  # [R, K]
+        shift = own_best[:, None] - best[n]  # [R, K]
+        idx = (d[None, None, :] - shift[..., None]).clamp(0, D - 1)  # [R, K, D]
+        moved = torch.gather(out[n], 2, idx)
+        moved = torch.where(use[..., None], moved, torch.zeros((), dtype=volume.dtype, device=volume.device))
+        borrowed = moved.sum(1) / use.sum(1).clamp(min=1).to(volume.dtype)[:, None]
+        peak = borrowed.amax(1, keepdim=True)
+        scale = torch.where(peak > 0, own_max[:, None].clamp(min=0) / peak.clamp(min=1e-12), torch.zeros_like(peak))
+        borrowed = torch.minimum(borrowed * scale, torch.nextafter(own_max, torch.tensor(-float("inf")))[:, None])
+        out[rows] = torch.where(torch.isnan(own), borrowed, own)
+    return out
+
+
+def _fill_linear(volume: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """Linear interpolation along d of the NaN entries of ``volume [T, D]`` (see :func:`fill_unscored`)."""
     T, D = volume.shape
     out = torch.empty_like(volume)
     idx_row = torch.arange(D, device=volume.device, dtype=torch.int32)
@@ -213,26 +300,52 @@ def model_score_fn(model, features: "ViewFeatures", setup: FaceHypotheses, chunk
     return fn
 
 
+@dataclasses.dataclass(frozen=True)
+class SearchPlan:
+    """How :func:`search_face` searches d (eval_if's ``--search`` and ``--c2f_*`` options).
+
+    ``mode`` ``c2f`` or ``full``; ``strides``, ``peaks``: the coarse-to-fine levels of the lattice
+    texels (default :func:`default_strides`); ``lattice``: UV spacing of those texels (1 = every
+    texel, 2 = one in four, :func:`uv_lattice`); ``window``: the others score +-window around each
+    lattice neighbour's best; ``rounds``, ``radius``: propagation (+-radius around the neighbours' best).
+    """
+
+    mode: str = "c2f"
+    strides: tuple[int, ...] | None = None
+    peaks: int = 1
+    rounds: int = 6
+    lattice: int = 2
+    window: int = 2
+    radius: int = 2
+
+    def __post_init__(self):
+        if self.mode not in ("c2f", "full"):
+            raise ValueError(f"search mode must be 'c2f' or 'full', got {self.mode!r}")
+
+    @classmethod
+    def from_options(cls, opt) -> "SearchPlan":
+        return cls(opt.search, tuple(opt.c2f_strides) if opt.c2f_strides else None, opt.c2f_peaks, opt.c2f_rounds,
+                   opt.c2f_lattice, opt.c2f_window, opt.c2f_radius)
+
+
 def search_face(
     model,
     features: "ViewFeatures",
     setup: FaceHypotheses,
-    mode: str = "c2f",
+    plan: SearchPlan = SearchPlan(),
     chunk: int = 65536,
-    strides: Sequence[int] | None = None,
     timings: dict | None = None,
-    peaks: int = 1,
-    rounds: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the search of one face -> ``argmax [T]`` int64 and ``volume [T, D]`` float32 (every entry
-    filled: unscored ones interpolated from scored neighbours along d). ``mode`` is ``c2f`` or ``full``."""
+    filled: :func:`fill_unscored`)."""
     fn = model_score_fn(model, features, setup, chunk, timings)
     dev = features.device
-    if mode == "full":
+    if plan.mode == "full":
         vol = full_search(fn, setup.num_texels, setup.d_size, device=dev)
         return vol.argmax(1), vol
-    if mode != "c2f":
-        raise ValueError(f"search mode must be 'c2f' or 'full', got {mode!r}")
-    neighbours = texel_neighbours(setup) if rounds > 0 else None
-    argmax, vol = coarse_to_fine_argmax(fn, setup.num_texels, setup.d_size, strides, dev, peaks, neighbours, rounds)
-    return argmax, fill_unscored(vol)
+    need_nb = plan.rounds > 0 or plan.lattice > 1
+    neighbours = texel_neighbours(setup) if need_nb else None
+    lattice = uv_lattice(setup, neighbours, plan.lattice) if plan.lattice > 1 else None
+    argmax, vol = coarse_to_fine_argmax(fn, setup.num_texels, setup.d_size, plan.strides, dev, plan.peaks, neighbours,
+                                        plan.rounds, lattice, plan.window, plan.radius)
+    return argmax, fill_unscored(vol, lattice=lattice, neighbours=neighbours)
