@@ -30,7 +30,8 @@ from mvfr import confidence
 from mvfr.atomic_io import load_npy, save_npy
 from mvfr.datafolder import DataFolder
 from mvfr.mesh_io import write_obj
-from mvfr.regularisation import load_volume, predict_steps, refine_pos_map, step_units, texel_mask
+from mvfr.mvs.face_inputs import search_mask
+from mvfr.regularisation import load_volume, predict_steps, refine_pos_map, step_units
 from mvfr.runtime import resolve_device, start_stage
 from mvfr.stage import run_faces, select_face_ids
 from mvfr.training import read_checkpoint
@@ -55,7 +56,7 @@ def process_face(opt, folder: DataFolder, model: torch.nn.Module, device, fid: s
     pos = load_npy(folder.map(opt.split, "pos_map", fid))
     nrm = load_npy(folder.map(opt.split, "norm_map", fid))
     vol = load_volume(folder.volume(opt.split, fid), d_size=opt.d_size, size=pos.shape[0])
-    mask = texel_mask(pos, nrm)
+    mask = search_mask(pos, nrm)
     with torch.no_grad():
         steps = predict_steps(model, vol, mask, opt.reg_tile, opt.reg_overlap, device)
     conf = confidence.smooth_confidence(

@@ -26,7 +26,7 @@ from mvfr.base_maps import truth_surface
 from mvfr.capture import load_capture
 from mvfr.datafolder import DataError, DataFolder
 from mvfr.mesh_io import write_obj
-from mvfr.regularisation import texel_mask
+from mvfr.mvs.face_inputs import search_mask
 from mvfr.runtime import start_stage
 from mvfr.stage import run_faces, select_face_ids
 from mvfr.texture import texture_from_surface
@@ -49,7 +49,7 @@ def process_face(opt, folder: DataFolder, fid: str) -> None:
     nrm = load_npy(folder.map(opt.split, "norm_map", fid))
     pos = load_npy(folder.map(opt.split, "pos_map", fid))
     refined = surface(opt, folder, fid, pos, nrm)
-    mask = texel_mask(pos, nrm)
+    mask = search_mask(pos, nrm)
     cap = load_capture(folder, fid, max_views=opt.if_view_num)
     keep = [k for k, v in enumerate(cap.views) if v not in exclude]
     if not keep:

@@ -73,7 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="JSON file mapping stage names to extra arguments, e.g. {\"eval_if\": [\"--c2f_lattice\", \"1\"]}")
     p.add_argument("--demo", action="store_true", help="synthesise demo_data/raw, run the eval chain into demo_data/data")
     p.add_argument("--demo_dir", default="demo_data", help="where --demo writes")
-    return p.parse_args(argv)
+    opt = p.parse_args(argv)
+    opt.extra_args = read_stage_args(opt.stage_args)
+    return opt
 
 
 SHIPPED_IF_CHECKPOINT = ROOT / "predefine_data" / "checkpoint_if.pt"
@@ -215,7 +217,6 @@ def main(argv=None) -> int:
     # the stages run in the repository root: data paths given relative to where this was called go absolute
     opt.dataroot, opt.facescape_dataroot = (str(Path(p).resolve()) for p in (opt.dataroot, opt.facescape_dataroot))
     opt.demo_dir = str(Path(opt.demo_dir).resolve())
-    opt.extra_args = read_stage_args(opt.stage_args)
     if opt.image_long_side is None:
         opt.image_long_side = checkpoint_image_long_side()
     return demo(opt) if opt.demo else run(opt)

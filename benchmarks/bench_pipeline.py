@@ -51,7 +51,7 @@ def synthesise(raw: Path, faces: int, long_side: int, seed: int) -> list[str]:
         subprocess.run(cmd, cwd=ROOT, check=True)
     from mvfr.datafolder import RawFolder
 
-    return RawFolder(raw).face_ids()
+    return RawFolder(raw).face_ids("eval")
 
 
 def chain(raw: Path, data: Path, fid: str, mode: str, long_side: int, device: str) -> dict[str, float]:
@@ -93,7 +93,7 @@ def main() -> int:
     ids = synthesise(raw, a.faces + 1, a.image_long_side, a.seed) if not a.raw else None
     from mvfr.datafolder import RawFolder
 
-    all_ids = ids or RawFolder(raw).face_ids()
+    all_ids = ids or RawFolder(raw).face_ids("eval")
     warm = a.warmup or all_ids[0]
     measured = a.ids or [f for f in all_ids if f != warm]
     data = work / "data"

@@ -29,7 +29,7 @@ from mvfr.atomic_io import save_image, save_json  # noqa: E402
 from mvfr.camera import camera_center  # noqa: E402
 from mvfr.capture import load_capture  # noqa: E402
 from mvfr.datafolder import DataFolder  # noqa: E402
-from mvfr.regularisation import texel_mask  # noqa: E402
+from mvfr.mvs.face_inputs import search_mask  # noqa: E402
 from mvfr.texture import colour_difference, render_textured_view, texture_from_surface  # noqa: E402
 
 
@@ -86,7 +86,7 @@ def main() -> int:
         refined = np.load(folder.reg_map(fid))
         pos = np.load(folder.map(opt.split, "pos_map", fid))
         nrm = np.load(folder.map(opt.split, "norm_map", fid))
-        mask = texel_mask(pos, nrm)
+        mask = search_mask(pos, nrm)
         cap = load_capture(folder, fid)
         k = cap.views.index(opt.holdout_view) if opt.holdout_view is not None else frontal_view(cap, pos, nrm, mask)
         keep = [i for i in range(len(cap.views)) if i != k]

@@ -3,8 +3,9 @@
 Modules (each holds one concern; the stage scripts at the repository root call into them):
 
 - ``datafolder``     every path of the DATA_FOLDER and RAW trees (no other code joins path strings)
-- ``atomic_io``      atomic writes of arrays, JSON, images and text; checked image reading
-- ``runtime``        device choice, seeding, environment logging, option saving
+- ``atomic_io``      atomic writes of arrays, JSON, images and text; checked image reading; the in-memory
+                     hand-over between stages of run_pipeline's in-process mode
+- ``runtime``        device choice, seeding, environment logging, option saving, allocator tuning
 - ``stage``          the per-face loop of every stage script (skip, isolate failures, summary)
 - ``camera``         FaceScape ``params.json`` reading/validation, projection, rays, grid_sample convention
 - ``capture``        the processed views and cameras of one face
@@ -15,8 +16,10 @@ Modules (each holds one concern; the stage scripts at the repository root call i
 - ``landmarks``      the MediaPipe FaceLandmarker wrapper
 - ``triangulation``  robust multi-view landmark triangulation
 - ``fitting``        similarity + ARAP template fit -> base mesh
-- ``base_maps``      position/normal maps and ground-truth displacement (embree)
-- ``hypotheses``     hypotheses along the normals, visibility, sampling, coarse-to-fine search
+- ``base_maps``      position/normal maps, the surface-texel mask, ground-truth displacement
+- ``visibility``     the one ray-casting rule (embree) every stage's visibility uses
+- ``mvs``            stage 2: hypothesis geometry, feature sampling, cross-view aggregation, search,
+                     training samples, a face's inputs (one module each)
 - ``training``       checkpoints, resume, JSON-lines logs, loss curves
 - ``distributed``    torchrun / DistributedDataParallel: process group, the global batch split over ranks
 - ``uv_mesh``        UV-grid meshes from position maps

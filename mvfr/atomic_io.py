@@ -116,7 +116,7 @@ _memory: _MemoryCache | None = None
 
 
 @contextlib.contextmanager
-def keep_in_memory(budget_mb: float = 2048.0) -> Iterator[None]:
+def keep_in_memory(budget_mb: float = 1024.0) -> Iterator[None]:
     """Within this block, keep written and read arrays and decoded images in memory (at most
     ``budget_mb``, least recently used dropped first). Nested blocks share the outer cache."""
     global _memory

@@ -138,15 +138,6 @@ def random_crops(
     return to(vb, torch.float32), to(tb, torch.float32), to(vab, torch.bool), to(mb, torch.bool)
 
 
-def texel_mask(pos_map: np.ndarray, norm_map: np.ndarray) -> np.ndarray:
-    """The texels the regulariser refines: :func:`mvfr.mvs.face_inputs.search_mask`, so IF and reg
-    meshes cover the same region. ``[S, S]`` bool. Still called by eval_reg.py, gen_tex.py and
-    benchmarks/bench_texture.py; new code calls :func:`~mvfr.mvs.face_inputs.search_mask`."""
-    from mvfr.mvs.face_inputs import search_mask
-
-    return search_mask(pos_map, norm_map)
-
-
 def reg_loss(pred_steps: torch.Tensor, target_steps: torch.Tensor, valid: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Smooth-L1 (Huber, delta 1 step) between predicted and GT displacement in steps, on valid texels only.
 

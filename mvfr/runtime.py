@@ -65,12 +65,12 @@ def save_options(path: str | Path, opt: argparse.Namespace) -> None:
 
 
 def keep_freed_memory() -> bool:
-    """Ask glibc's allocator to serve large blocks from its heap and keep freed memory mapped
-    (``mallopt``: mmap threshold, trim threshold and top pad raised). The stages allocate and free
-    tens of MB per network chunk; by default every such block is a fresh ``mmap`` whose pages fault
-    in again, which cost a third of eval_if's CPU time in kernel page faults on a 2-core machine.
-    Peak memory is unchanged (the process never held less than its peak). Returns whether it took
-    effect (False off glibc, e.g. macOS)."""
+    """Ask glibc's allocator to serve blocks up to 64 MB from its heap and keep freed heap memory
+    mapped (``mallopt``: mmap threshold, trim threshold and top pad raised). The stages allocate and
+    free tens of MB per network chunk; by default many such blocks are a fresh ``mmap`` whose pages
+    fault in again, which cost a third of eval_if's CPU time in kernel page faults on a 2-core
+    machine. Larger blocks (feature maps, regulariser activations) are still mapped and returned, so
+    one stage's peak is not kept for the next. Returns whether it took effect (False off glibc, e.g. macOS)."""
     import ctypes
     import ctypes.util
 
@@ -81,7 +81,7 @@ def keep_freed_memory() -> bool:
             m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
             _ALLOCATOR_TUNED = all(
                 libc.mallopt(opt, value) == 1
-                for opt, value in ((m_mmap_threshold, 2**31 - 1), (m_trim_threshold, 2**31 - 1), (m_top_pad, 2**28))
+                for opt, value in ((m_mmap_threshold, 64 * 2**20), (m_trim_threshold, 2**31 - 1), (m_top_pad, 64 * 2**20))
             )
         except (OSError, AttributeError):
             _ALLOCATOR_TUNED = False

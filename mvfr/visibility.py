@@ -63,6 +63,15 @@ class RayCaster:
         tri, ray, loc = self.intersector.intersects_id(origins, directions, multiple_hits=False, return_locations=True)
         return np.asarray(ray, dtype=np.int64), np.asarray(tri, dtype=np.int64), np.asarray(loc, dtype=np.float64)
 
+    def any_hit(self, origins: np.ndarray, directions: np.ndarray) -> np.ndarray:
+        """``[R]`` bool: the ray ``origins, directions [R, 3]`` hits the mesh anywhere (embree's
+        occlusion query: no hit point is computed, several times faster than :meth:`first_hit`)."""
+        origins = np.ascontiguousarray(origins, dtype=np.float64).reshape(-1, 3)
+        directions = np.ascontiguousarray(directions, dtype=np.float64).reshape(-1, 3)
+        if len(origins) == 0:
+            return np.zeros(0, dtype=bool)
+        return np.asarray(self.intersector.intersects_any(origins, directions), dtype=bool)
+
     def hit_distance(self, origins: np.ndarray, directions: np.ndarray) -> np.ndarray:
         """Distance along unit ``directions [R, 3]`` from ``origins [R, 3]`` to the first hit ->
         ``[R]`` float64, ``inf`` where the ray hits nothing. A hit at the origin counts (distance 0)."""
@@ -103,9 +112,12 @@ def occluded(points: np.ndarray, centers: np.ndarray, caster: RayCaster, margin:
     """The occlusion rule: which points are hidden from which camera by the caster's mesh.
 
     ``points [N, 3]``, ``centers [V, 3]`` (capture units), ``margin`` >= 0 (capture units, see the
-    module docstring for each caller's) -> ``[V, N]`` bool: the first hit of the ray from the centre
-    towards the point is closer to the centre than ``|p - c| - margin``. A point within ``margin``
-    of its camera is never occluded. One embree ray per point and view.
+    module docstring for each caller's) -> ``[V, N]`` bool: the segment from the camera centre to
+    the point, less its last ``margin``, crosses the mesh, i.e. the first hit from the centre towards
+    the point is closer than ``|p - c| - margin``. A point within ``margin`` of its camera is never
+    occluded. Computed as one embree occlusion (any-hit) query per point and view, cast from the
+    point moved ``margin`` towards the camera: a surface beyond the camera (none, for a rig around a
+    face) would count too.
     """
     if not margin >= 0:
         raise ValueError(f"margin must be non-negative (capture units), got {margin}")
@@ -115,11 +127,13 @@ def occluded(points: np.ndarray, centers: np.ndarray, caster: RayCaster, margin:
     if len(points) == 0:
         return out
     for v, c in enumerate(centers):
-        dirs = points - c
-        dist = np.linalg.norm(dirs, axis=1)
-        dirs = dirs / np.maximum(dist, 1e-30)[:, None]
-        hit = caster.hit_distance(np.broadcast_to(c, dirs.shape), dirs)
-        out[v] = hit < dist - margin
+        to_cam = c - points
+        dist = np.linalg.norm(to_cam, axis=1)
+        to_cam = to_cam / np.maximum(dist, 1e-30)[:, None]
+        far = dist > margin
+        # leave the point's own surface: a hit exactly at the start is not in front of the point
+        start = points[far] + to_cam[far] * (margin + 1e-7 * dist[far])[:, None]
+        out[v, far] = caster.any_hit(start, to_cam[far])
     return out
 
 

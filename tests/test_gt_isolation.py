@@ -115,7 +115,6 @@ def test_run_pipeline_in_process_writes_what_the_scripts_write(tmp_path, monkeyp
                                       "dpmap2mesh": ["--dp_subdiv_levels", "1"]}))
     opt = run_pipeline.parse_args(["--dataroot", str(data2.root), "--facescape_dataroot", str(raw2.root), "--device", "cpu",
                                    "--from", "eval_if", "--to", "dpmap2mesh", "--stage_args", str(stage_args)])
-    opt.extra_args = run_pipeline.read_stage_args(opt.stage_args)
     summaries = tmp_path / "summaries"
     summaries.mkdir()
     results = run_pipeline.run_stages(opt, summaries)
