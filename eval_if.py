@@ -42,7 +42,7 @@ from mvfr.mvs.search import SearchPlan, search_face
 from mvfr.mesh_io import write_obj
 from mvfr.runtime import resolve_device, start_stage
 from mvfr.stage import run_faces, select_face_ids
-from mvfr.training import read_checkpoint
+from mvfr.training import read_checkpoint, warn_if_trained_otherwise
 from mvfr.uv_mesh import uv_grid_mesh
 from options import parse_options
 
@@ -164,9 +164,7 @@ def main(argv=None) -> int:
     model, ckpt = load_model(opt.if_checkpoint, device)
     log.info("checkpoint %s: step %s, mlp %s", opt.if_checkpoint, ckpt["step"], model.mlp_dim)
     train_opts = ckpt["options"]
-    for key in ("d_size", "interval_scale"):
-        if key in train_opts and train_opts[key] != getattr(opt, key):
-            log.warning("--%s %s differs from the %s the checkpoint was trained with", key, getattr(opt, key), train_opts[key])
+    warn_if_trained_otherwise(opt.if_checkpoint, train_opts, opt)
 
     plan = SearchPlan.from_options(opt)
 

@@ -34,7 +34,7 @@ from mvfr.mvs.face_inputs import search_mask
 from mvfr.regularisation import load_volume, predict_steps, refine_pos_map, step_units
 from mvfr.runtime import resolve_device, start_stage
 from mvfr.stage import run_faces, select_face_ids
-from mvfr.training import read_checkpoint
+from mvfr.training import read_checkpoint, warn_if_trained_otherwise
 from mvfr.uv_mesh import uv_grid_mesh
 from options import parse_options
 
@@ -75,12 +75,7 @@ def main(argv=None) -> int:
     start_stage(opt, folder.options_file("eval_reg"))
     device = resolve_device(opt.device)
     model, trained = load_model(opt.reg_checkpoint, device)
-    if int(trained.get("d_size", opt.d_size)) != opt.d_size or float(trained.get("interval_scale", opt.interval_scale)) != opt.interval_scale:
-        print(
-            f"warning: {opt.reg_checkpoint} was trained with d_size {trained.get('d_size')} / interval_scale "
-            f"{trained.get('interval_scale')} mm, running with {opt.d_size} / {opt.interval_scale} mm",
-            file=sys.stderr,
-        )
+    warn_if_trained_otherwise(opt.reg_checkpoint, trained, opt)
 
     ids = select_face_ids(folder, opt)
     def done(fid: str) -> bool:

@@ -94,6 +94,18 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt, of another stage, or does not fit the network; names the file."""
 
 
+def warn_if_trained_otherwise(checkpoint: str | os.PathLike, trained: dict[str, Any], opt: Any,
+                              keys: tuple[str, ...] = ("d_size", "interval_scale")) -> list[str]:
+    """Log a warning for every option of ``keys`` whose value in ``opt`` differs from the one the
+    checkpoint was trained with (``trained``, its stored options); returns those keys."""
+    import logging
+
+    differ = [k for k in keys if k in trained and trained[k] != getattr(opt, k)]
+    for k in differ:
+        logging.getLogger(__name__).warning("%s was trained with --%s %s; running with %s", checkpoint, k, trained[k], getattr(opt, k))
+    return differ
+
+
 def read_checkpoint(path: str | os.PathLike, fmt: str | None = None) -> dict[str, Any]:
     """Load a checkpoint dict with ``weights_only=True`` (on CPU); ``fmt`` checks its ``format``."""
     path = Path(path)
