@@ -23,11 +23,9 @@ Writes, per face (atomically; skipped when they exist unless --overwrite):
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,7 +40,7 @@ from mvfr.mvs.search import SearchPlan, search_face
 from mvfr.mesh_io import write_obj
 from mvfr.runtime import resolve_device, start_stage
 from mvfr.stage import run_faces, select_face_ids
-from mvfr.training import read_checkpoint, warn_if_trained_otherwise
+from mvfr.training import cached_per_checkpoint, read_checkpoint, warn_if_trained_otherwise
 from mvfr.uv_mesh import uv_grid_mesh
 from options import parse_options
 
@@ -69,17 +67,10 @@ def resolution_warning(train_options: dict, long_side: int, fid: str) -> str | N
     )
 
 
+@cached_per_checkpoint(maxsize=2)
 def load_model(path: str, device: str):
-    """The implicit function of a checkpoint (architecture from its stored options), in eval mode.
-    Loaded once per process and file version: a later call (run_pipeline's in-process mode, a
-    service) gets the same model."""
-    p = Path(path)
-    stamp = p.stat().st_mtime_ns if p.is_file() else 0  # a missing file: read_checkpoint says so
-    return _load_model(str(p.resolve()), stamp, str(device))
-
-
-@functools.lru_cache(maxsize=2)
-def _load_model(path: str, stamp: int, device: str):
+    """The implicit function of a checkpoint (architecture from its stored options), in eval mode;
+    loaded once per process and checkpoint version."""
     ckpt = read_checkpoint(path, FORMAT)
     model = build_implicit_function(ckpt["options"])
     model.load_state_dict(ckpt["model"], strict=True)

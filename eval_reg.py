@@ -34,16 +34,17 @@ from mvfr.mvs.face_inputs import search_mask
 from mvfr.regularisation import load_volume, predict_steps, refine_pos_map, step_units
 from mvfr.runtime import resolve_device, start_stage
 from mvfr.stage import run_faces, select_face_ids
-from mvfr.training import read_checkpoint, warn_if_trained_otherwise
+from mvfr.training import cached_per_checkpoint, read_checkpoint, warn_if_trained_otherwise
 from mvfr.uv_mesh import uv_grid_mesh
 from options import parse_options
 
 CKPT_FORMAT = "mvfr-reg-v1"
 
 
-@functools.lru_cache(maxsize=4)
+@cached_per_checkpoint()
 def load_model(checkpoint: str, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """The regulariser of ``checkpoint`` in eval mode on ``device`` and its training options (loaded once per process)."""
+    """The regulariser of ``checkpoint`` in eval mode on ``device`` and its training options (loaded once per
+    process and checkpoint version)."""
     ckpt = read_checkpoint(checkpoint, CKPT_FORMAT)
     model = build_reg_net(ckpt["options"]).to(device)
     model.load_state_dict(ckpt["model"], strict=True)

@@ -38,6 +38,7 @@ from dpmap_pred.targets import dp_target
 from mvfr.atomic_io import load_image, save_json
 from mvfr.datafolder import DataFolder, RawFolder
 from mvfr.stage import FACE_ERRORS
+from mvfr.training import cached_per_checkpoint
 from mvfr.uv_rasterizer import load_facial_mask
 
 log = logging.getLogger("dpmap_main")
@@ -48,7 +49,7 @@ def predict_masked(net, texture: np.ndarray, size: int, weights: np.ndarray, dev
     return predict_dpmap(net, texture, size, device) * weights
 
 
-@functools.lru_cache(maxsize=4)
+@cached_per_checkpoint()
 def load_state(checkpoint: str, device, mask_feather: float) -> tuple:
     """Everything per-face inference needs, loaded once per process: ``(net, size, weights, meta)``:
     the generator of ``checkpoint`` on ``device``, its ``dp_size``, the feathered facial-mask

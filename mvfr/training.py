@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import json
 import logging
 import math
@@ -94,15 +96,35 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt, of another stage, or does not fit the network; names the file."""
 
 
+def cached_per_checkpoint(maxsize: int = 4):
+    """Decorator: cache ``fn(checkpoint_path, *args)`` per process, per file version of the checkpoint
+    (resolved path and modification time) and ``args``, so a stage run again in the same process (run_pipeline's
+    in-process mode, a service) reuses its model, and a rewritten checkpoint is read again."""
+
+    def wrap(fn):
+        @functools.lru_cache(maxsize=maxsize)
+        def cached(path: str, resolved: str, stamp: int, *args):
+            return fn(path, *args)  # the path as given: errors name it so
+
+        @functools.wraps(fn)
+        def call(checkpoint, *args):
+            p = Path(checkpoint)
+            stamp = p.stat().st_mtime_ns if p.is_file() else 0  # a missing file: read_checkpoint says so
+            return cached(str(checkpoint), str(p.resolve()), stamp, *args)
+
+        call.cache_clear = cached.cache_clear
+        return call
+
+    return wrap
+
+
 def warn_if_trained_otherwise(checkpoint: str | os.PathLike, trained: dict[str, Any], opt: Any,
                               keys: tuple[str, ...] = ("d_size", "interval_scale")) -> list[str]:
     """Log a warning for every option of ``keys`` whose value in ``opt`` differs from the one the
     checkpoint was trained with (``trained``, its stored options); returns those keys."""
-    import logging
-
     differ = [k for k in keys if k in trained and trained[k] != getattr(opt, k)]
     for k in differ:
-        logging.getLogger(__name__).warning("%s was trained with --%s %s; running with %s", checkpoint, k, trained[k], getattr(opt, k))
+        log.warning("%s was trained with --%s %s; running with %s", checkpoint, k, trained[k], getattr(opt, k))
     return differ
 
 
