@@ -52,17 +52,26 @@ def load_model(checkpoint: str, device: str | torch.device = "cpu") -> tuple[tor
     return model, ckpt["options"]
 
 
+def regularised_steps(opt, model: torch.nn.Module, vol: np.ndarray, mask: np.ndarray, device) -> tuple[np.ndarray, np.ndarray]:
+    """The regulariser's displacement with the confidence fallback: ``vol [D, S, S]`` scores, ``mask [S, S]``
+    -> ``steps [S, S]`` float32 (hypothesis steps, 0 outside ``mask``), each texel's soft-argmax scaled by
+    :func:`mvfr.confidence.fallback_weight` of ``conf``, and ``conf [S, S]`` float32: the volume's
+    confidence smoothed over a few texels (``opt``: ``reg_tile``, ``reg_overlap``, ``sigma``,
+    ``interval_scale``, ``conf_low``, ``conf_high``)."""
+    with torch.no_grad():
+        steps = predict_steps(model, vol, mask, opt.reg_tile, opt.reg_overlap, device)
+    conf = confidence.smooth_confidence(
+        confidence.score_confidence(vol, confidence.exclusion_steps(opt.sigma, opt.interval_scale)), mask)
+    return steps * confidence.fallback_weight(conf, opt.conf_low, opt.conf_high), conf
+
+
 def process_face(opt, folder: DataFolder, model: torch.nn.Module, device, fid: str) -> None:
     """One face: volume + base maps -> ``pred/reg_map`` (pos_map, conf) and ``pred/reg_mesh`` (the stage's outputs)."""
     pos = load_npy(folder.map(opt.split, "pos_map", fid))
     nrm = load_npy(folder.map(opt.split, "norm_map", fid))
     vol = load_volume(folder.volume(opt.split, fid), d_size=opt.d_size, size=pos.shape[0])
     mask = search_mask(pos, nrm)
-    with torch.no_grad():
-        steps = predict_steps(model, vol, mask, opt.reg_tile, opt.reg_overlap, device)
-    conf = confidence.smooth_confidence(
-        confidence.score_confidence(vol, confidence.exclusion_steps(opt.sigma, opt.interval_scale)), mask)
-    steps = steps * confidence.fallback_weight(conf, opt.conf_low, opt.conf_high)
+    steps, conf = regularised_steps(opt, model, vol, mask, device)
     save_npy(folder.conf_map("reg", fid), conf)
     disp = steps * step_units(opt.interval_scale, folder.mm_per_unit(fid))
     refined = refine_pos_map(pos, nrm, disp, mask)

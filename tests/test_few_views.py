@@ -131,22 +131,53 @@ def test_flat_score_texel_stays_on_the_base_surface_in_eval_if():
 
 
 def test_flat_score_region_stays_on_the_base_surface_in_eval_reg(tmp_path):
-    """The stage 3 fallback: where the IF volume is flat the regularised displacement is 0, where it has
-    a sharp peak it is kept."""
+    """eval_reg.process_face on a tiny data folder: where the IF volume has one sharp peak the surface
+    moves by it (steps -> mm -> capture units with Rt_scale_dict); where it has two rival peaks or none it
+    stays on the base surface, although the regulariser's soft-argmax alone lands between the rivals."""
+    import eval_reg
     from models.reg_net import RegNet3D
-    from mvfr.regularisation import predict_steps
+    from mvfr.atomic_io import save_json
+    from mvfr.datafolder import DataFolder
+    from mvfr.mvs.face_inputs import search_mask
+    from options import parse_options
 
-    D, S = 41, 32
-    vol = np.full((D, S, S), 0.3, np.float32)
-    d = np.arange(D)[:, None, None]
-    vol[:, :, : S // 2] = np.exp(-((d - 30) ** 2) / (2 * 2.0**2))  # left half: a sharp peak 10 steps out
-    mask = np.ones((S, S), bool)
+    D, S, fid, mm_per_unit, interval = 41, 32, "001_01", 2.5, 0.5
+    folder = DataFolder(tmp_path)
+    opt = parse_options("eval_reg", ["--dataroot", str(tmp_path), "--split", "eval", "--d_size", str(D),
+                                     "--uv_size", str(S), "--interval_scale", str(interval)])
+    assert (opt.conf_low, opt.conf_high, opt.sigma) == (0.05, 0.2, 1.0)  # exclusion: 3 sigma = 6 steps
+    d = np.arange(D)[:, None, None] - D // 2  # hypothesis offset in steps
+    peak = lambda at, h: h * np.exp(-((d - at) ** 2) / (2 * 2.0**2))  # noqa: E731
+    vol = np.broadcast_to(np.full((D, 1, 1), 0.3, np.float32), (D, S, S)).copy()  # right third: flat
+    vol[:, :, :11] = peak(10, 0.9)  # left third: one sharp peak 10 steps out (conf ~0.9)
+    vol[:, :, 11:21] = peak(5, 0.8) + peak(15, 0.78)  # middle third: two rivals 10 steps apart (conf 0.02)
+    rows, cols = np.mgrid[0:S, 0:S]
+    pos = np.stack([cols, rows, np.zeros_like(rows)], -1).astype(np.float32)
+    nrm = np.zeros((S, S, 3), np.float32)
+    nrm[..., 2] = 1.0
+    for name, arr in (("pos_map", pos), ("norm_map", nrm)):
+        folder.map("eval", name, fid).parent.mkdir(parents=True, exist_ok=True)
+        np.save(folder.map("eval", name, fid), arr)
+    folder.volume("eval", fid).parent.mkdir(parents=True, exist_ok=True)
+    np.save(folder.volume("eval", fid), vol.astype(np.float16))
+    save_json(folder.rt_scale_json, {"1": {"1": [mm_per_unit, np.eye(3, 4).tolist()]}})
     torch.manual_seed(0)
-    steps = predict_steps(RegNet3D(base_channels=2, levels=2), vol, mask, device="cpu")
-    conf = confidence.smooth_confidence(confidence.score_confidence(vol, 6), mask)
-    out = steps * confidence.fallback_weight(conf, 0.05, 0.2)
-    assert np.abs(out[:, -8:]).max() == 0.0  # the flat half stays on the base surface
-    assert np.abs(out[:, :8] - 10).max() < 1.0  # the peaked half keeps its displacement
+    model = RegNet3D(base_channels=2, levels=2).eval()  # untrained: a sharpened soft-argmax of the score
+
+    eval_reg.process_face(opt, folder, model, "cpu", fid)
+    mask = search_mask(pos, nrm)
+    lift_mm = (np.load(folder.reg_map(fid))[..., 2] - pos[..., 2]) * mm_per_unit
+    sharp, rivals, flat = (mask & (cols >= a) & (cols <= b) for a, b in ((2, 8), (13, 18), (23, 29)))
+    assert sharp.sum() > 20 and rivals.sum() > 20 and flat.sum() > 20
+    np.testing.assert_allclose(lift_mm[sharp], 10 * interval, atol=0.05)  # 5 mm = 2 units out, in mm again
+    assert np.abs(lift_mm[rivals | flat | ~mask]).max() == 0.0  # no evidence: on the base surface
+    conf = np.load(folder.conf_map("reg", fid))
+    assert conf[sharp].min() > 0.85 and conf[rivals].max() < 0.05 and conf[flat].max() == 0.0
+    # without the fallback (--conf_high 0) the rivals' texels would move: the fallback is what holds them
+    off = parse_options("eval_reg", ["--dataroot", str(tmp_path), "--d_size", str(D), "--interval_scale", str(interval),
+                                     "--conf_high", "0"])
+    steps, _ = eval_reg.regularised_steps(off, model, vol, mask, "cpu")
+    assert steps[rivals].min() > 5.0
 
 
 def test_ids_patterns_expand_against_id_json(tmp_path):
