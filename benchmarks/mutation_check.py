@@ -1,13 +1,13 @@
 """Mutation check: break known lines of the code one at a time and see which tests notice.
 
-Usage: python benchmarks/mutation_check.py [--only NAME ...] [--list] [--no-baseline] [--keep]
+Usage: python benchmarks/mutation_check.py [--only NAME ...] [--list] [--no-baseline] [--revision REV | --working_tree] [--keep]
 
 Each mutation replaces one exact piece of one file (it must occur exactly once, else the mutation is
 reported as stale: the code moved on and the list needs updating) and runs the tests named for it.
-Everything happens in a copy of the repository in a temporary folder (the files git tracks or would
-track, as they are in the working tree now, uncommitted edits included), never in the working tree,
-so other people's edits are safe, and an interrupted run (Ctrl-C) leaves nothing behind but that
-folder, which is removed on the way out. First the tests of every mutation run once on the
+Everything happens in a copy of the repository in a temporary folder (``git archive`` of
+``--revision``, default the last commit; ``--working_tree``: the files git tracks or would track as
+they are now, uncommitted edits included), never in the working tree, so other people's edits are
+safe, and an interrupted run (Ctrl-C) leaves nothing behind: the copy is removed on the way out. First the tests of every mutation run once on the
 unmutated copy (a test that already fails would "catch" everything). Prints one line per mutation
 and ``RESULT mutations=<n> caught=<k> stale=<s> seconds=<t>``; the exit status is 0 only when every
 mutation is caught by at least one test and none is stale.
@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -39,6 +41,11 @@ class Mutation:
     why: str  # what the mutation breaks, in words
 
 
+FEW_VIEWS = "tests/test_few_views.py"
+DPMAP = "tests/test_dpmap.py"
+DPMAP_E2E = DPMAP + "::test_train_resume_predict_and_mesh_end_to_end"
+IF = "tests/test_implicit_function.py"
+
 MUTATIONS = [
     Mutation(
         "confidence-fallback", "eval_reg.py",
@@ -46,6 +53,92 @@ MUTATIONS = [
         "return steps, conf",
         ("tests/test_few_views.py::test_flat_score_region_stays_on_the_base_surface_in_eval_reg",),
         "eval_reg keeps the regulariser's displacement where the score volume has no evidence",
+    ),
+    Mutation(
+        "if-confidence-fallback", "eval_if.py",
+        "step_offsets(D)[argmax] * setup.step * keep", "step_offsets(D)[argmax] * setup.step",
+        (FEW_VIEWS + "::test_flat_score_texel_stays_on_the_base_surface_in_eval_if",),
+        "eval_if keeps the argmax of a score without evidence",
+    ),
+    Mutation(
+        "taubin-call", "dpmap_pred/dpmap2mesh.py",
+        "base = taubin_smooth(mesh.vertices, mesh.faces, smooth_iters) if smooth_iters > 0 else mesh.vertices",
+        "base = mesh.vertices",
+        (DPMAP + "::test_taubin_smoothing_removes_noise_without_shrinking", DPMAP_E2E),
+        "dpmap2mesh displaces the noisy reg surface, not its smooth part",
+    ),
+    Mutation(
+        "taubin-iters-option", "dpmap_pred/dpmap2mesh.py",
+        "meso, _ = displace_mesh(mesh, dp, folder.mm_per_unit(fid), levels, opt.dp_smooth_iters)",
+        "meso, _ = displace_mesh(mesh, dp, folder.mm_per_unit(fid), levels)",
+        (DPMAP_E2E,),
+        "dpmap2mesh over a data folder ignores --dp_smooth_iters",
+    ),
+    Mutation(
+        "dpmap-mm-per-unit", "dpmap_pred/dpmap2mesh.py",
+        "normals * (disp_mm / float(mm_per_unit))[:, None]", "normals * (disp_mm * float(mm_per_unit))[:, None]",
+        (DPMAP_E2E,),
+        "the mesoscopic displacement multiplied by mm per unit instead of divided",
+    ),
+    Mutation(
+        "dpmap-score-mask", "dpmap_pred/main.py",
+        "valid = mask & np.isfinite(gt)", "valid = np.isfinite(gt)",
+        (DPMAP_E2E,),
+        "--score counts the texels outside the facial mask",
+    ),
+    Mutation(
+        "registration-upsampling", "dpmap_pred/targets.py",
+        "col, row = grid[..., 1] * size - 0.5, grid[..., 0] * size - 0.5",
+        "col, row = grid[..., 1] * w - 0.5, grid[..., 0] * h - 0.5",
+        (DPMAP + "::test_registered_target_reads_the_ground_truth_where_the_texel_lies_on_the_scan",),
+        "the registered target at another size reads the map at the surface's texel scale",
+    ),
+    Mutation(
+        "stride2-sampler", "mvfr/mvs/sampling.py",
+        "ix = pix[..., 0] / s\n    iy = pix[..., 1] / s",
+        "ix = (pix[..., 0] + 0.5) / s - 0.5\n    iy = (pix[..., 1] + 0.5) / s - 0.5",
+        (IF + "::test_feature_sampling_follows_the_stride2_conv_centres",
+         IF + "::test_sample_views_matches_grid_sample_reference"),
+        "stride-2 features read as if sample i were centred on pixel 2i + 0.5 (the old rule)",
+    ),
+    Mutation(
+        "photometric-shared-gain", "mvfr/training.py",
+        "g = 1.0 + u(V, 3, 1, 1) * colour_gain", "g = 1.0 + u(1, 3, 1, 1) * colour_gain",
+        (IF + "::test_photometric_augment_range_and_per_view",),
+        "one colour gain for all views of a capture",
+    ),
+    Mutation(
+        "occlusion-margin", "mvfr/visibility.py",
+        "start = points[far] + to_cam[far] * (margin + 1e-7 * dist[far])[:, None]",
+        "start = points[far] + to_cam[far] * (1e-7 * dist[far])[:, None]",
+        ("tests/test_visibility.py",),
+        "the occlusion rule ignores its margin",
+    ),
+    Mutation(
+        "hypothesis-visibility-margin", "mvfr/visibility.py",
+        "return vis & ~occluded(points, centers, RayCaster(vertices, faces), search_units)",
+        "return vis & ~occluded(points, centers, RayCaster(vertices, faces), 0.0)",
+        ("tests/test_visibility.py::test_texel_view_visibility_margin_is_the_search_half_range",),
+        "a surface within the searched segment hides a texel's hypotheses",
+    ),
+    Mutation(
+        "texture-visibility-margin", "mvfr/texture.py",
+        "hidden = occluded(points[idx], center[None], caster, caster.mean_edge)[0]",
+        "hidden = occluded(points[idx], center[None], caster, 0.0)[0]",
+        ("tests/test_texture.py",),
+        "texture blending hides texels behind their own refined triangles",
+    ),
+    Mutation(
+        "reg-mm-per-unit", "mvfr/regularisation.py",
+        "return interval_scale_mm / mm_per_unit", "return interval_scale_mm * mm_per_unit",
+        (FEW_VIEWS + "::test_flat_score_region_stays_on_the_base_surface_in_eval_reg",),
+        "the regularised displacement converted to capture units with mm per unit the wrong way round",
+    ),
+    Mutation(
+        "metrics-mm-per-unit", "mvfr/metrics.py",
+        "acc_mm = d_acc[keep] * mm_per_unit", "acc_mm = d_acc[keep] / mm_per_unit",
+        ("tests/test_metrics.py",),
+        "accuracy reported in capture units divided by mm per unit",
     ),
 ]
 
@@ -57,7 +150,13 @@ def repository_files(root: Path) -> list[str]:
     return sorted(f for f in out.split("\0") if f and (root / f).is_file())
 
 
-def copy_repository(root: Path, dest: Path) -> None:
+def copy_repository(root: Path, dest: Path, revision: str | None) -> None:
+    """The repository at ``revision`` (``git archive``), or with ``None`` the working tree as it is now."""
+    if revision is not None:
+        tar = subprocess.run(["git", "archive", "--format=tar", revision], cwd=root, check=True, capture_output=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+            archive.extractall(dest, filter="data")
+        return
     for rel in repository_files(root):
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -116,6 +215,9 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="*", default=None, help="names of the mutations to run (default: all)")
     p.add_argument("--list", action="store_true", help="list the mutations and exit")
     p.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the run on the unmutated copy")
+    p.add_argument("--revision", default="HEAD", help="git revision to check out into the copy (default: the last commit)")
+    p.add_argument("--working_tree", action="store_true",
+                   help="copy the working tree as it is instead, uncommitted edits included")
     p.add_argument("--keep", action="store_true", help="keep the temporary copy (its path is printed)")
     p.add_argument("--python", default=sys.executable, help="interpreter that runs pytest")
     a = p.parse_args(argv)
@@ -127,8 +229,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="mvfr_mutation_"))
     try:
-        copy_repository(ROOT, tmp)
-        print(f"copy of the repository: {tmp}", flush=True)
+        copy_repository(ROOT, tmp, None if a.working_tree else a.revision)
+        print(f"copy of the repository ({'working tree' if a.working_tree else a.revision}): {tmp}", flush=True)
         results = check(tmp, chosen, a.python, a.baseline)
     finally:
         if a.keep:

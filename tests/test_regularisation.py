@@ -145,7 +145,9 @@ def test_tiled_inference_equals_whole_volume_at_the_shipped_64_16_setting():
     from models.reg_net import build_reg_net
 
     assert (DEFAULT_TILE, DEFAULT_OVERLAP) == (64, 16)
-    ckpt = torch.load("predefine_data/checkpoint_reg.pt", weights_only=True)
+    from conftest import ROOT
+
+    ckpt = torch.load(ROOT / "predefine_data" / "checkpoint_reg.pt", weights_only=True)
     model = build_reg_net(ckpt["options"])
     model.load_state_dict(ckpt["model"], strict=True)
     S, D = 150, 41  # 3 x 3 tiles, the last ones cut; a short D keeps it fast (the network is local in D too)

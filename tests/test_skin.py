@@ -269,17 +269,15 @@ def test_params_frozen():
         p.melanin = 1.0  # type: ignore[misc]
 
 
-def test_contact_sheet_of_six_identities(model):
-    """Writes ``<tmp>/mvfr_skin_contact_sheet.png`` (6 identities' face tiles, 256 px, nothing rendered) to look
-    at, and checks the identities' cheek colours differ and are skin-like (red > blue)."""
-    import tempfile
-    from pathlib import Path
-
+def test_contact_sheet_of_six_identities(model, tmp_path):
+    """Writes ``contact_sheet.png`` (6 identities' face tiles, 256 px, nothing rendered) in the test's
+    temporary folder (pytest keeps the last few, to look at), reads it back, and checks the identities'
+    cheek colours differ and are skin-like (red > blue)."""
     tiles = [skin.face_albedo(model, _params(sd), S, np.random.default_rng(sd)) for sd in range(6)]
     sheet = np.concatenate([np.concatenate(tiles[:3], 1), np.concatenate(tiles[3:], 1)], 0)
-    path = Path(tempfile.gettempdir()) / "mvfr_skin_contact_sheet.png"
-    cv2.imwrite(str(path), sheet[..., ::-1])
-    assert path.is_file()
+    path = tmp_path / "contact_sheet.png"
+    assert cv2.imwrite(str(path), sheet[..., ::-1])
+    np.testing.assert_array_equal(cv2.imread(str(path))[..., ::-1], sheet)  # the sheet, whole (PNG is lossless)
     r, c = _texel(_cheek_uv(model), S)
     means = np.array([t[r - 3 : r + 4, c - 3 : c + 4].reshape(-1, 3).mean(0) for t in tiles])
     assert np.all(means[:, 0] > means[:, 2])  # skin is red > blue

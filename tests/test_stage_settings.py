@@ -54,7 +54,9 @@ def test_shipped_if_checkpoint_stores_its_real_training_resolution_and_run_pipel
     import run_pipeline
     from mvfr.training import read_checkpoint
 
-    shipped = read_checkpoint("predefine_data/checkpoint_if.pt")
+    from conftest import ROOT
+
+    shipped = read_checkpoint(ROOT / "predefine_data" / "checkpoint_if.pt")
     assert shipped["options"]["image_long_side"] == 1296
     assert run_pipeline.checkpoint_image_long_side() == 1296
     shipped["options"]["image_long_side"] = 648  # a checkpoint trained at another resolution is followed

@@ -127,3 +127,16 @@ def test_texel_view_visibility_facing_and_occlusion():
     vis = texel_view_visibility(p, n, Rt, sphere.vertices, sphere.faces, search_units=0.2)
     assert vis[0].all() and not vis[1].any()
     assert texel_view_visibility(p, n, Rt, None, None, 0.2).tolist() == [[True, True], [False, False]]
+
+
+def test_texel_view_visibility_margin_is_the_search_half_range():
+    """A surface within the searched segment in front of a texel is what stage 2 searches for, so it does
+    not hide the texel's hypotheses; one farther out than the half-range does."""
+    pts, nrm = np.zeros((1, 3)), np.array([[0.0, 0.0, 1.0]])
+    v0, f0 = square(0.0, 2.0)
+    v1, f1 = square(0.3, 0.5)  # 0.3 in front of the texel
+    verts, faces = np.concatenate([v0, v1]), np.concatenate([f0, f1 + 4])
+    Rt = look_down_Rt([0.0, 0.0, 10.0])[None]
+    assert texel_view_visibility(pts, nrm, Rt, verts, faces, search_units=0.5).tolist() == [[True]]
+    assert texel_view_visibility(pts, nrm, Rt, verts, faces, search_units=0.2).tolist() == [[False]]
+    assert texel_view_visibility(pts, nrm, Rt, v0, f0, search_units=0.0).tolist() == [[True]]  # its own surface
