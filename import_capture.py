@@ -9,7 +9,10 @@ orientation ignored), params.json ("<v>_K", "<v>_Rt", "<v>_distortion" [k1 k2 p1
 "<v>_height", "<v>_valid"), RAW/mesh/<pid>/<k>_<expname>.ply (with --scan) and merges the capture into
 select_dict.json, id.json and (with --mm_per_unit) Rt_scale_dict.json. Repeated calls add captures to
 the same RAW. Without --mm_per_unit no scale is recorded and gen_maps.py estimates it from the
-template fit. The formats and their conventions: mvfr/importers/.
+template fit. View names are the image file stems; where stems repeat across sub-folders
+(cam01/0001.jpg, cam02/0001.jpg) folder and stem (cam01_0001), so the capture folder stays flat;
+an EasyMocap rig names its views. Cameras a tool left unaligned (Metashape) are skipped with their
+images, with a warning. The formats and their conventions: mvfr/importers/.
 """
 
 from __future__ import annotations
@@ -17,14 +20,14 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from mvfr.atomic_io import atomic_path, load_image, save_image, save_json
 from mvfr.camera import write_params
 from mvfr.datafolder import DataError, RawFolder, face_id, parse_face_id, read_json
-from mvfr.importers import CaptureImportError, ImportedCamera, match_images, view_name
+from mvfr.importers import CaptureImportError, ImportedCamera, match_images, resolve_image
 from options import parse_options
 
 log = logging.getLogger("import_capture")
@@ -37,57 +40,101 @@ def _need(path: Path, what: str, fix: str) -> Path:
     return path
 
 
-def read_calibration(opt) -> tuple[list[ImportedCamera], str]:
-    """Read the calibration named by the options -> (cameras, how errors name the source)."""
-    if opt.colmap:
-        from mvfr.importers import colmap
+def image_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` of an image as stored (EXIF orientation ignored), read from its header."""
+    from PIL import Image
 
-        d = _need(Path(opt.colmap), "COLMAP model folder", "pass the sparse model folder (e.g. sparse/0)")
-        for ext, binary in ((".bin", True), (".txt", False)):
-            cams, imgs = d / f"cameras{ext}", d / f"images{ext}"
-            if cams.is_file() and imgs.is_file():
-                if binary:
-                    return colmap.cameras_from_colmap(colmap.parse_cameras_binary(cams.read_bytes(), str(cams)),
-                                                      colmap.parse_images_binary(imgs.read_bytes(), str(imgs)), str(d)), str(d)
-                return colmap.cameras_from_colmap(colmap.parse_cameras_text(cams.read_text(), str(cams)),
-                                                  colmap.parse_images_text(imgs.read_text(), str(imgs)), str(d)), str(d)
-        raise CaptureImportError(f"{d} holds neither cameras.bin + images.bin nor cameras.txt + images.txt; "
-                                 "pass the sparse model folder (e.g. sparse/0)")
-    if opt.metashape:
-        from mvfr.importers.metashape import cameras_from_metashape
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, ValueError) as exc:
+        raise CaptureImportError(f"image {path} could not be read ({exc}); replace it") from None
 
-        p = _need(Path(opt.metashape), "Metashape XML", "export it with File > Export > Cameras (Agisoft XML)")
-        res = cameras_from_metashape(p.read_text(), str(p))
-        if res.unaligned:
-            raise CaptureImportError(f"{p}: camera(s) {res.unaligned[:5]} are not aligned (no <transform>); align them in "
-                                     "Metashape, or remove their images from --images")
-        return res.cameras, str(p)
-    if opt.transforms:
-        import json
 
-        from mvfr.importers.transforms import cameras_from_transforms
+def _colmap(opt) -> tuple[list[ImportedCamera], str]:
+    from mvfr.importers import colmap
 
-        p = _need(Path(opt.transforms), "transforms.json", "pass the file nerfstudio/instant-ngp wrote")
-        try:
-            meta = json.loads(p.read_text())
-        except json.JSONDecodeError as exc:
-            raise CaptureImportError(f"{p} is not valid JSON ({exc})") from None
-        return cameras_from_transforms(meta, str(p)), str(p)
+    d = _need(Path(opt.colmap), "COLMAP model folder", "pass the sparse model folder (e.g. sparse/0)")
+    for ext, binary in ((".bin", True), (".txt", False)):
+        cams, imgs = d / f"cameras{ext}", d / f"images{ext}"
+        if cams.is_file() and imgs.is_file():
+            if binary:
+                c = colmap.parse_cameras_binary(cams.read_bytes(), str(cams))
+                i = colmap.parse_images_binary(imgs.read_bytes(), str(imgs))
+            else:
+                c = colmap.parse_cameras_text(cams.read_text(), str(cams))
+                i = colmap.parse_images_text(imgs.read_text(), str(imgs))
+            return colmap.cameras_from_colmap(c, i, str(d), cameras_where=str(cams)), str(d)
+    raise CaptureImportError(f"{d} holds neither cameras.bin + images.bin nor cameras.txt + images.txt; "
+                             "pass the sparse model folder (e.g. sparse/0)")
+
+
+def _metashape(opt) -> tuple[list[ImportedCamera], str, list[str]]:
+    from mvfr.importers.metashape import cameras_from_metashape
+
+    p = _need(Path(opt.metashape), "Metashape XML", "export it with File > Export > Cameras (Agisoft XML)")
+    res = cameras_from_metashape(p.read_text(), str(p))
+    if len(res.cameras) < 2:
+        raise CaptureImportError(f"{p}: only {len(res.cameras)} of {len(res.cameras) + len(res.unaligned)} cameras are "
+                                 "aligned (have a <transform>); at least 2 views are needed: align more photos in "
+                                 "Metashape and export the cameras again")
+    return res.cameras, str(p), res.unaligned
+
+
+def _transforms(opt, img_dir: Path, files: list[str]) -> tuple[list[ImportedCamera], str]:
+    import json
+
+    from mvfr.importers.transforms import cameras_from_transforms
+
+    p = _need(Path(opt.transforms), "transforms.json", "pass the file nerfstudio/instant-ngp wrote")
+    try:
+        meta = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise CaptureImportError(f"{p} is not valid JSON ({exc})") from None
+
+    def size_of(file_path: str):
+        hit = resolve_image(file_path, files)
+        return None if hit is None else image_size(img_dir / hit)
+
+    return cameras_from_transforms(meta, str(p), image_size=size_of), str(p)
+
+
+def _opencv(opt, img_dir: Path, files: list[str]) -> tuple[list[ImportedCamera], str]:
     from mvfr.importers import opencv
 
-    d = _need(Path(opt.opencv_yaml), "OpenCV calibration folder", "pass the folder of <view>.yml files")
-    files = opencv.calibration_files(d)
-    if not files:
-        raise CaptureImportError(f"{d} holds no <view>.yml, .yaml or .json calibration file")
+    d = _need(Path(opt.opencv_yaml), "OpenCV calibration folder",
+              "pass the folder of <view>.yml files or of intri.yml + extri.yml")
+    if d.is_file():
+        d = d.parent if d.name in opencv.RIG_FILES else d
+    if d.is_dir() and opencv.is_rig_folder(d):
+        intri_path, extri_path = (d / f for f in opencv.RIG_FILES)
+        intri, extri = opencv.read_yaml_nodes(intri_path), opencv.read_yaml_nodes(extri_path)
+        names = opencv.rig_names(intri, str(intri_path))
+        images = {n: opencv.rig_image(n, files, str(intri_path)) for n in names}
+        cams = opencv.cameras_from_rig(intri, extri, images, lambda f: image_size(img_dir / f),
+                                       str(intri_path), str(extri_path))
+        return cams, f"{intri_path} + {extri_path.name}"
+    cal = [d] if d.is_file() else opencv.calibration_files(d)
+    if not cal:
+        raise CaptureImportError(f"{d} holds no <view>.yml, .yaml or .json calibration file and no intri.yml + extri.yml")
     out = []
-    for f in files:
-        img = _image_for_stem(Path(opt.images), f.stem)
-        size = None
-        if img is not None:
-            h, w = load_image(img).shape[:2]
-            size = (w, h)
+    for f in cal:
+        img = _image_for_stem(img_dir, f.stem)
+        size = None if img is None else image_size(img)
         out.append(ImportedCamera(f.stem, opencv.camera_from_opencv(opencv.read_opencv_file(f), size, str(f))))
     return out, str(d)
+
+
+def read_calibration(opt, img_dir: Path, files: list[str]) -> tuple[list[ImportedCamera], str, list[str]]:
+    """Read the calibration named by the options -> (cameras, how errors name the source, recorded images of
+    cameras left out, e.g. not aligned). ``files``: the image folder's files, relative to it."""
+    if opt.colmap:
+        return (*_colmap(opt), [])
+    if opt.metashape:
+        return _metashape(opt)
+    if opt.transforms:
+        return (*_transforms(opt, img_dir, files), [])
+    return (*_opencv(opt, img_dir, files), [])
 
 
 def _image_for_stem(folder: Path, stem: str) -> Path | None:
@@ -111,11 +158,18 @@ def import_capture(opt) -> list[str]:
     if opt.mm_per_unit is not None and not opt.mm_per_unit > 0:
         raise CaptureImportError(f"--mm_per_unit must be positive, got {opt.mm_per_unit}")
     img_dir = _need(Path(opt.images), "image folder", "pass the folder holding the capture's images")
-    cameras, where = read_calibration(opt)
     files = [p.relative_to(img_dir).as_posix() for p in sorted(img_dir.rglob("*")) if p.is_file()]
-    views = match_images(cameras, files, where, str(img_dir))
+    cameras, where, skipped = read_calibration(opt, img_dir, files)
+    views = match_images(cameras, files, where, str(img_dir), skipped=skipped)
     # match_images walks the cameras in order and pairs every one of them, so the two line up
     cams = {v: c.camera for v, c in zip(views, cameras)}
+    renamed = {v: f for v, f in views.items() if PurePosixPath(f).stem != v}
+    if renamed:
+        log.info("%s: view names from folder and file name (the RAW capture folder is flat): %s", where,
+                 ", ".join(f"{v} <- {f}" for v, f in list(renamed.items())[:10]) + (" ..." if len(renamed) > 10 else ""))
+    if skipped:
+        log.warning("%s: %d camera(s) left out with their images (not aligned): %s", where, len(skipped),
+                    ", ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else ""))
     scan = None
     if opt.scan:
         scan = _need(Path(opt.scan), "scan", "pass the ground-truth scan (PLY)")

@@ -313,10 +313,35 @@ def rotate_camera_90(cam: Camera, clockwise: bool = True) -> Camera:
     return dataclasses.replace(cam, K=K2, Rt=P @ Rt, width=H, height=W, dist=cam.dist.copy())
 
 
-def undistort_image(image: np.ndarray, cam: Camera) -> tuple[np.ndarray, Camera]:
-    """Remove lens distortion; the returned camera has the same K and zero distortion.
+def distort_normalized(xy: np.ndarray, dist: np.ndarray) -> np.ndarray:
+    """OpenCV's lens model on normalised camera coordinates: ``xy [..., 2]`` (x = X/Z, y = Y/Z) ->
+    distorted ``[..., 2]`` for ``dist [5]`` = k1 k2 p1 p2 k3 (radial 1 + k1 r^2 + k2 r^4 + k3 r^6, tangential p1, p2)."""
+    k1, k2, p1, p2, k3 = (float(v) for v in np.asarray(dist, dtype=np.float64).ravel()[:5])
+    x, y = xy[..., 0], xy[..., 1]
+    r2 = x * x + y * y
+    radial = 1.0 + r2 * (k1 + r2 * (k2 + r2 * k3))
+    xd = x * radial + 2.0 * p1 * x * y + p2 * (r2 + 2.0 * x * x)
+    yd = y * radial + p1 * (r2 + 2.0 * y * y) + 2.0 * p2 * x * y
+    return np.stack([xd, yd], -1)
 
-    ``image [H, W, C]`` uint8 -> undistorted image of the same size (bilinear resampling).
+
+def undistorted_K(cam: Camera) -> np.ndarray:
+    """K of :func:`undistort_image`'s output: the camera's K with its skew K[0, 1] set to 0 (the resampling
+    removes skew along with distortion, so every later stage sees a plain pinhole camera)."""
+    K = np.array(cam.K, dtype=np.float64)
+    K[0, 1] = 0.0
+    return K
+
+
+def undistort_image(image: np.ndarray, cam: Camera) -> tuple[np.ndarray, Camera]:
+    """Remove lens distortion and skew; the returned camera has K = :func:`undistorted_K` (the same focal
+    lengths and principal point, zero skew) and zero distortion.
+
+    ``image [H, W, C]`` (any dtype OpenCV remaps) -> resampled image of the same size (bilinear). Output
+    pixel p is read at ``K distort(K_out^-1 p)`` of the input: the distortion acts on normalised
+    coordinates and K, skew ``K[0, 1]`` included, maps them to pixels (OpenCV's and Metashape's model).
+    ``cv2.initUndistortRectifyMap`` ignores the skew of the input K, so the map is built without it and
+    the skew term ``K[0, 1] y_d`` (y_d = (v - cy) / fy, the distorted normalised row) is added to map_x.
     """
     import cv2
 
@@ -325,20 +350,28 @@ def undistort_image(image: np.ndarray, cam: Camera) -> tuple[np.ndarray, Camera]
             f"image is {image.shape[1]}x{image.shape[0]} but the camera says {cam.width}x{cam.height}; "
             "fix <v>_width/<v>_height or the image"
         )
-    out_cam = dataclasses.replace(cam, dist=np.zeros(5))
-    if not np.any(cam.dist):
+    K_out = undistorted_K(cam)
+    out_cam = dataclasses.replace(cam, K=K_out, dist=np.zeros(5))
+    skew = float(cam.K[0, 1])
+    if not np.any(cam.dist) and skew == 0.0:
         return image.copy(), out_cam
-    map_x, map_y = cv2.initUndistortRectifyMap(cam.K, cam.dist, None, cam.K, (cam.width, cam.height), cv2.CV_32FC1)
+    map_x, map_y = cv2.initUndistortRectifyMap(K_out, np.asarray(cam.dist, dtype=np.float64), None, K_out,
+                                               (cam.width, cam.height), cv2.CV_32FC1)
+    if skew:
+        map_x = (map_x + skew * (map_y.astype(np.float64) - cam.K[1, 2]) / cam.K[1, 1]).astype(np.float32)
     out = cv2.remap(image, map_x, map_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return out, out_cam
 
 
-def distort_points(pix_undistorted: np.ndarray, cam: Camera) -> np.ndarray:
-    """Where undistorted pixels ``[N, 2]`` land in the distorted image of ``cam`` (OpenCV model)."""
-    import cv2
+def distort_points(pix_undistorted: np.ndarray, cam: Camera, K_undistorted: np.ndarray | None = None) -> np.ndarray:
+    """Where pixels ``[N, 2]`` of the undistorted image land in the distorted image of ``cam``.
 
-    Kinv = np.linalg.inv(cam.K)
-    h = np.concatenate([pix_undistorted, np.ones((len(pix_undistorted), 1))], 1) @ Kinv.T
-    obj = np.ascontiguousarray(h.reshape(-1, 1, 3))
-    out, _ = cv2.projectPoints(obj, np.zeros(3), np.zeros(3), cam.K, cam.dist)
-    return out.reshape(-1, 2)
+    ``K_undistorted``: the undistorted image's K (default :func:`undistorted_K`, i.e. what
+    :func:`undistort_image` writes). The distorted pixel is ``K distort(K_undistorted^-1 p)`` with the
+    camera's full K, skew included.
+    """
+    Ku = undistorted_K(cam) if K_undistorted is None else np.asarray(K_undistorted, dtype=np.float64)
+    pix = np.asarray(pix_undistorted, dtype=np.float64).reshape(-1, 2)
+    h = np.concatenate([pix, np.ones((len(pix), 1))], 1) @ np.linalg.inv(Ku).T
+    d = distort_normalized(h[:, :2] / h[:, 2:], cam.dist)
+    return np.concatenate([d, np.ones((len(d), 1))], 1) @ np.asarray(cam.K, dtype=np.float64)[:2].T

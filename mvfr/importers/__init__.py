@@ -7,10 +7,17 @@ reads and writes files:
 - :mod:`mvfr.importers.colmap`      COLMAP sparse model, text (``cameras.txt``/``images.txt``) or binary
 - :mod:`mvfr.importers.metashape`   Agisoft Metashape camera XML
 - :mod:`mvfr.importers.transforms`  NeRF / nerfstudio ``transforms.json``
-- :mod:`mvfr.importers.opencv`      OpenCV YAML/JSON per camera (``K``, ``D``, ``R``, ``T``)
+- :mod:`mvfr.importers.opencv`      OpenCV YAML/JSON per camera (``K``, ``D``, ``R``, ``T``), or a rig's
+  EasyMocap / ZJU-MoCap ``intri.yml`` + ``extri.yml``
 
 Every returned camera follows DESIGN §3: ``x_pix = K (R X + t)``, ``Rt`` world -> camera, pixel
-(0, 0) is the *centre* of the top-left pixel, distortion ``[k1 k2 p1 p2 k3]`` (OpenCV).
+(0, 0) is the *centre* of the top-left pixel, distortion ``[k1 k2 p1 p2 k3]`` (OpenCV). A fisheye
+model is never read as a pinhole one: every importer refuses it (:func:`fisheye_error`).
+
+View names (:func:`match_images`): the image file's stem; images in sub-folders whose stems collide
+(``cam01/0001.jpg``, ``cam02/0001.jpg``) are named by folder and stem (``cam01_0001``), so the RAW
+capture folder stays FaceScape's flat ``<view>.jpg`` + ``params.json``. A format that names its
+cameras (EasyMocap) gives the view name itself.
 """
 
 from __future__ import annotations
@@ -30,15 +37,46 @@ class CaptureImportError(CameraError):
 @dataclasses.dataclass
 class ImportedCamera:
     """One camera of an imported calibration: ``image`` is the image path the tool recorded
-    (relative to the image folder, as written in the file), ``camera`` the converted camera."""
+    (relative to the image folder, as written in the file), ``camera`` the converted camera;
+    ``view``: the view name when the format names its cameras (default: from the image path);
+    ``alternatives``: further paths to try when ``image`` matches no file or several."""
 
     image: str
     camera: Camera
+    view: str | None = None
+    alternatives: tuple[str, ...] = ()
 
 
 def view_name(image: str) -> str:
     """RAW view name of an image path: its file stem (``"cams/IMG_0001.JPG" -> "IMG_0001"``)."""
     return PurePosixPath(image.replace("\\", "/")).stem
+
+
+def unique_view_names(images: list[str]) -> list[str]:
+    """View names of image paths (relative, ``/``-separated), one per path: the stem where it is unique,
+    else the stem prefixed by as many parent folders as make it unique, joined by ``_``
+    (``["cam01/0001.jpg", "cam02/0001.jpg", "x/a.jpg"]`` -> ``["cam01_0001", "cam02_0001", "a"]``)."""
+    parts = [PurePosixPath(p.replace("\\", "/")) for p in images]
+    names = [p.stem for p in parts]
+    depth = [0] * len(parts)
+    while True:
+        groups: dict[str, list[int]] = {}
+        for i, n in enumerate(names):
+            groups.setdefault(n, []).append(i)
+        clash = [i for idx in groups.values() if len(idx) > 1 for i in idx
+                 if depth[i] < len(parts[i].parts) - 1]
+        if not clash:
+            return names
+        for i in clash:
+            depth[i] += 1
+            folders = parts[i].parts[:-1][len(parts[i].parts) - 1 - depth[i]:]
+            names[i] = "_".join([*folders, parts[i].stem])
+
+
+def fisheye_error(where: str, model: str, fix: str) -> "CaptureImportError":
+    """The one refusal of every fisheye model (never read as a pinhole camera): names the file and the model."""
+    return CaptureImportError(f"{where}: {model} is a fisheye camera model, which this project does not support (its "
+                              f"coefficients mean something else in the pinhole model every stage uses); {fix}")
 
 
 def make_camera(K: np.ndarray, Rt: np.ndarray, width: int, height: int, dist=None, where: str = "camera") -> Camera:
@@ -108,46 +146,77 @@ def rotation_to_quaternion(R: np.ndarray) -> np.ndarray:
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 
 
-def match_images(cameras: list[ImportedCamera], image_files: list[str], where: str, image_dir: str) -> dict[str, str]:
-    """Pair each camera with one file of the image folder -> ``{view name: image file}`` (files relative
-    to the folder, ``/``-separated).
-
-    A camera's recorded image path matches a file with the same relative path, else the same file
-    name, else (when it has no suffix, as Metashape labels and NeRF ``file_path`` often do) the same
-    stem with an image suffix. Raises :class:`CaptureImportError` for a camera without an image, an
-    image without a camera, or two cameras with the same view name.
-    """
-    files = [f.replace("\\", "/") for f in image_files if f.lower().endswith(IMAGE_SUFFIXES)]
-    by_path = {f: f for f in files}
+def _file_index(files: list[str]) -> tuple[set[str], dict[str, list[str]], dict[str, list[str]], set[str]]:
     by_name: dict[str, list[str]] = {}
     by_stem: dict[str, list[str]] = {}
     for f in files:
         by_name.setdefault(PurePosixPath(f).name, []).append(f)
         by_stem.setdefault(PurePosixPath(f).stem, []).append(f)
-    out: dict[str, str] = {}
-    missing = []
+    return set(files), by_name, by_stem, {PurePosixPath(f).suffix for f in files}
+
+
+def _resolve(recorded: str, index) -> str | None:
+    """The one file a recorded image path names (see :func:`match_images`), or None."""
+    paths, by_name, by_stem, suffixes = index
+    rec = recorded.replace("\\", "/")
+    while rec.startswith("./"):
+        rec = rec[2:]
+    p = PurePosixPath(rec)
+    if rec in paths:
+        return rec
+    no_suffix = p.suffix.lower() not in IMAGE_SUFFIXES
+    if no_suffix:
+        hits = [rec + s for s in suffixes if rec + s in paths]
+        if len(hits) == 1:
+            return hits[0]
+    if len(by_name.get(p.name, [])) == 1:
+        return by_name[p.name][0]
+    if no_suffix and len(by_stem.get(p.name, [])) == 1:
+        return by_stem[p.name][0]
+    return None
+
+
+def resolve_image(recorded: str, image_files: list[str]) -> str | None:
+    """The file of ``image_files`` (relative, ``/``-separated) that a recorded image path names, or None."""
+    files = [f.replace("\\", "/") for f in image_files if f.lower().endswith(IMAGE_SUFFIXES)]
+    return _resolve(recorded, _file_index(files))
+
+
+def match_images(cameras: list[ImportedCamera], image_files: list[str], where: str, image_dir: str,
+                 skipped: tuple[str, ...] | list[str] = ()) -> dict[str, str]:
+    """Pair each camera with one file of the image folder -> ``{view name: image file}`` in camera order
+    (files relative to the folder, ``/``-separated).
+
+    A camera's recorded image path matches a file with the same relative path (or that path plus an
+    image suffix, when it has none: NeRF ``file_path``, Metashape labels), else the only file with the
+    same name, else (no suffix) the only file with that stem; then its ``alternatives`` in turn. View
+    names: :class:`ImportedCamera` ``view`` when given, else :func:`unique_view_names` of the files.
+    ``skipped``: recorded paths of cameras left out (e.g. not aligned): their images are ignored, and so
+    are images in folders that hold no camera's image (a NeRF scene's other splits, masks, ...).
+    Raises :class:`CaptureImportError` for a camera without an image, an image without a camera beside
+    the cameras' images, or two cameras with the same view name.
+    """
+    files = [f.replace("\\", "/") for f in image_files if f.lower().endswith(IMAGE_SUFFIXES)]
+    index = _file_index(files)
+    hits, missing = [], []
     for c in cameras:
-        rec = c.image.replace("\\", "/")
-        while rec.startswith("./"):
-            rec = rec[2:]
-        p = PurePosixPath(rec)
-        if rec in by_path:
-            hit = rec
-        elif len(by_name.get(p.name, [])) == 1:
-            hit = by_name[p.name][0]
-        elif p.suffix.lower() not in IMAGE_SUFFIXES and len(by_stem.get(p.name, [])) == 1:
-            hit = by_stem[p.name][0]
-        else:
+        hit = next((h for rec in (c.image, *c.alternatives) if (h := _resolve(rec, index)) is not None), None)
+        if hit is None:
             missing.append(c.image)
-            continue
-        v = view_name(hit)
-        if v in out:
-            raise CaptureImportError(f"{where}: images {out[v]} and {hit} both give the view name {v!r}; rename one of them")
-        out[v] = hit
+        hits.append(hit)
     if missing:
         raise CaptureImportError(f"{where}: no image in {image_dir} for camera(s) {missing[:5]}"
                                  f"{' ...' if len(missing) > 5 else ''}; put the images there or pass the right --images")
-    unused = sorted(set(files) - set(out.values()))
+    auto = unique_view_names(hits)
+    out: dict[str, str] = {}
+    for c, hit, name in zip(cameras, hits, auto):
+        v = c.view if c.view is not None else name
+        if v in out:
+            raise CaptureImportError(f"{where}: images {out[v]} and {hit} both give the view name {v!r}; rename one of them")
+        out[v] = hit
+    ignored = {h for rec in skipped if (h := _resolve(rec, index)) is not None}
+    folders = {PurePosixPath(f).parent for f in out.values()}
+    unused = sorted(f for f in set(files) - set(out.values()) - ignored if PurePosixPath(f).parent in folders)
     if unused:
         raise CaptureImportError(f"{image_dir}: image(s) {unused[:5]}{' ...' if len(unused) > 5 else ''} have no camera in "
                                  f"{where} (not registered/aligned?); remove them from the folder or calibrate them")

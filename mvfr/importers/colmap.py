@@ -8,7 +8,9 @@ the top-left pixel (the centre of that pixel is (0.5, 0.5)); ours put (0, 0) at 
 Supported camera models and how their parameters map to ``K`` and ``[k1 k2 p1 p2 k3]``:
 SIMPLE_PINHOLE (f, cx, cy), PINHOLE (fx, fy, cx, cy), SIMPLE_RADIAL (f, cx, cy, k),
 RADIAL (f, cx, cy, k1, k2), OPENCV (fx, fy, cx, cy, k1, k2, p1, p2). Any other model is an error
-naming it (undistort with ``colmap image_undistorter`` first, which writes PINHOLE cameras).
+naming it and the file (undistort with ``colmap image_undistorter`` first, which writes PINHOLE
+cameras); the fisheye models (SIMPLE_RADIAL_FISHEYE, RADIAL_FISHEYE, OPENCV_FISHEYE,
+THIN_PRISM_FISHEYE, RAD_TAN_THIN_PRISM_FISHEYE, FOV) are refused as fisheye, never read as pinhole.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import struct
 
 import numpy as np
 
-from mvfr.importers import CaptureImportError, ImportedCamera, make_camera, quaternion_to_rotation
+from mvfr.importers import CaptureImportError, ImportedCamera, fisheye_error, make_camera, quaternion_to_rotation
 
 # model id -> (name, number of parameters), as in COLMAP's src/colmap/sensor/models.h
 MODELS = {
@@ -26,11 +28,17 @@ MODELS = {
     9: ("RADIAL_FISHEYE", 5), 10: ("THIN_PRISM_FISHEYE", 12), 11: ("RAD_TAN_THIN_PRISM_FISHEYE", 16),
 }
 SUPPORTED = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
+FISHEYE = ("SIMPLE_RADIAL_FISHEYE", "RADIAL_FISHEYE", "OPENCV_FISHEYE", "THIN_PRISM_FISHEYE", "RAD_TAN_THIN_PRISM_FISHEYE",
+           "FOV")
+UNDISTORT_FIX = ("run `colmap image_undistorter` (it writes undistorted images and PINHOLE cameras) and import "
+                 "its sparse model and images")
 NUM_PARAMS = {name: n for name, n in MODELS.values()}
 
 
 def intrinsics_from_model(model: str, params, where: str) -> tuple[np.ndarray, np.ndarray]:
     """COLMAP ``model`` and its ``params`` -> ``K [3, 3]`` (our pixel-centre convention), ``dist [5]``."""
+    if model in FISHEYE:
+        raise fisheye_error(where, f"camera model {model}", UNDISTORT_FIX)
     if model not in SUPPORTED:
         raise CaptureImportError(f"{where}: camera model {model} is not supported (supported: {', '.join(SUPPORTED)}); "
                                  "run `colmap image_undistorter` to get PINHOLE cameras, or recalibrate with OPENCV")
@@ -166,8 +174,10 @@ def parse_images_binary(data: bytes, where: str = "images.bin") -> dict[int, tup
 # ------------------------------------------------------------------------------------ model
 
 
-def cameras_from_colmap(cameras: dict, images: dict, where: str = "COLMAP model") -> list[ImportedCamera]:
-    """Parsed ``cameras`` and ``images`` (either format) -> one :class:`ImportedCamera` per image, by image id."""
+def cameras_from_colmap(cameras: dict, images: dict, where: str = "COLMAP model",
+                        cameras_where: str | None = None) -> list[ImportedCamera]:
+    """Parsed ``cameras`` and ``images`` (either format) -> one :class:`ImportedCamera` per image, by image id.
+    ``cameras_where``: how errors about a camera model name the cameras file (default ``where``)."""
     if not images:
         raise CaptureImportError(f"{where} has no registered images; run the COLMAP mapper first")
     out = []
@@ -177,7 +187,7 @@ def cameras_from_colmap(cameras: dict, images: dict, where: str = "COLMAP model"
             raise CaptureImportError(f"{where}: image {name} uses camera {cid}, which the cameras file does not define; "
                                      "export cameras and images from the same model")
         model, w, h, params = cameras[cid]
-        K, d = intrinsics_from_model(model, params, f"{where}: camera {cid}")
+        K, d = intrinsics_from_model(model, params, f"{cameras_where or where}: camera {cid}")
         try:
             R = quaternion_to_rotation(*q)
         except ValueError:
