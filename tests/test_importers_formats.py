@@ -15,7 +15,8 @@ import pytest
 
 from mvfr.camera import Camera, distort_points, read_params, undistort_image, undistorted_K
 from mvfr.datafolder import RawFolder
-from mvfr.importers import CaptureImportError, colmap, rotation_to_quaternion, unique_view_names
+from mvfr.importers import (CaptureImportError, ImportedCamera, colmap, match_images, resolve_image,
+                            rotation_to_quaternion, unique_view_names)
 from mvfr.importers.metashape import cameras_from_metashape
 from mvfr.importers.transforms import GL_TO_CV, cameras_from_transforms
 from mvfr.preprocess import process_view
@@ -435,6 +436,19 @@ def test_view_names_are_unique_across_sub_folders(tmp_path):
     assert unique_view_names(["cam01/0001.jpg", "cam02/0001.jpg", "x/a.png"]) == ["cam01_0001", "cam02_0001", "a"]
     assert unique_view_names(["100MEDIA/DJI_0001.JPG", "101MEDIA/DJI_0001.JPG", "a/b/c.jpg", "d/b/c.jpg"]) == [
         "100MEDIA_DJI_0001", "101MEDIA_DJI_0001", "a_b_c", "d_b_c"]
+
+
+def test_recorded_image_paths_as_tools_write_them_find_their_files():
+    files = ["cam01/0001.JPG", "cam02/0001.JPG", "train/r_0.png", "test/r_0.png", "IMG_7.jpg"]
+    c = tiny_rig(1)["v0"]
+    cams = [ImportedCamera("/home/user/photos/IMG_7.jpg", c),  # Metashape label: the photo's full path
+            ImportedCamera("./train/r_0", c),  # NeRF file_path without a suffix
+            ImportedCamera("0001", c, alternatives=("Group 1/0001", "cam02/0001")),  # rig label, its sensor's folder
+            ImportedCamera("C:\\rig\\cam01\\0001.JPG", c)]  # a Windows path
+    views = match_images(cams, files, "x.xml", "images")
+    assert views == {"IMG_7": "IMG_7.jpg", "r_0": "train/r_0.png", "cam02_0001": "cam02/0001.JPG",
+                     "cam01_0001": "cam01/0001.JPG"}
+    assert resolve_image("0001", files) is None  # two files: ambiguous, never a guess
 
 
 # ------------------------------------------------------------------------ the whole chain

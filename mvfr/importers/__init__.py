@@ -169,8 +169,15 @@ def _resolve(recorded: str, index) -> str | None:
         hits = [rec + s for s in suffixes if rec + s in paths]
         if len(hits) == 1:
             return hits[0]
-    if len(by_name.get(p.name, [])) == 1:
-        return by_name[p.name][0]
+    named = by_name.get(p.name, [])
+    if len(named) == 1:
+        return named[0]
+    tails = [f for f in named if p.parts[-len(PurePosixPath(f).parts):] == PurePosixPath(f).parts]
+    if tails:  # a longer recorded path (a full path) ending in a file's relative path: the longest such file
+        longest = max(len(PurePosixPath(f).parts) for f in tails)
+        best = [f for f in tails if len(PurePosixPath(f).parts) == longest]
+        if len(best) == 1:
+            return best[0]
     if no_suffix and len(by_stem.get(p.name, [])) == 1:
         return by_stem[p.name][0]
     return None
@@ -189,7 +196,9 @@ def match_images(cameras: list[ImportedCamera], image_files: list[str], where: s
 
     A camera's recorded image path matches a file with the same relative path (or that path plus an
     image suffix, when it has none: NeRF ``file_path``, Metashape labels), else the only file with the
-    same name, else (no suffix) the only file with that stem; then its ``alternatives`` in turn. View
+    same name, else the file with that name whose relative path ends the recorded one (a full path),
+    else (no suffix) the only file with that stem; then its ``alternatives`` in turn. Never a guess:
+    a name that fits several files matches none. View
     names: :class:`ImportedCamera` ``view`` when given, else :func:`unique_view_names` of the files.
     ``skipped``: recorded paths of cameras left out (e.g. not aligned): their images are ignored, and so
     are images in folders that hold no camera's image (a NeRF scene's other splits, masks, ...).
