@@ -106,6 +106,11 @@ def _opencv(opt, img_dir: Path, files: list[str]) -> tuple[list[ImportedCamera],
               "pass the folder of <view>.yml files or of intri.yml + extri.yml")
     if d.is_file():
         d = d.parent if d.name in opencv.RIG_FILES else d
+    half = [f for f in opencv.RIG_FILES if d.is_dir() and (d / f).is_file()]
+    if len(half) == 1:
+        other = next(f for f in opencv.RIG_FILES if f not in half)
+        raise CaptureImportError(f"{d / half[0]} has no {other} beside it; an EasyMocap rig needs both intri.yml "
+                                 "(K, dist) and extri.yml (R or Rot, T) in one folder")
     if d.is_dir() and opencv.is_rig_folder(d):
         intri_path, extri_path = (d / f for f in opencv.RIG_FILES)
         intri, extri = opencv.read_yaml_nodes(intri_path), opencv.read_yaml_nodes(extri_path)
@@ -142,6 +147,17 @@ def _image_for_stem(folder: Path, stem: str) -> Path | None:
     return hits[0] if len(hits) == 1 else None
 
 
+def _report_views(where: str, views: dict[str, str], skipped: list[str]) -> None:
+    """Log views not named after their file's stem, and cameras left out (with their images)."""
+    renamed = {v: f for v, f in views.items() if PurePosixPath(f).stem != v}
+    if renamed:
+        log.info("%s: view names from folder and file name (the RAW capture folder is flat): %s", where,
+                 ", ".join(f"{v} <- {f}" for v, f in list(renamed.items())[:10]) + (" ..." if len(renamed) > 10 else ""))
+    if skipped:
+        log.warning("%s: %d camera(s) left out with their images (not aligned): %s", where, len(skipped),
+                    ", ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else ""))
+
+
 def _merge_json(path: Path, update) -> None:
     data = read_json(path, path.name) if path.is_file() else {}
     update(data)
@@ -163,13 +179,7 @@ def import_capture(opt) -> list[str]:
     views = match_images(cameras, files, where, str(img_dir), skipped=skipped)
     # match_images walks the cameras in order and pairs every one of them, so the two line up
     cams = {v: c.camera for v, c in zip(views, cameras)}
-    renamed = {v: f for v, f in views.items() if PurePosixPath(f).stem != v}
-    if renamed:
-        log.info("%s: view names from folder and file name (the RAW capture folder is flat): %s", where,
-                 ", ".join(f"{v} <- {f}" for v, f in list(renamed.items())[:10]) + (" ..." if len(renamed) > 10 else ""))
-    if skipped:
-        log.warning("%s: %d camera(s) left out with their images (not aligned): %s", where, len(skipped),
-                    ", ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else ""))
+    _report_views(where, views, skipped)
     scan = None
     if opt.scan:
         scan = _need(Path(opt.scan), "scan", "pass the ground-truth scan (PLY)")

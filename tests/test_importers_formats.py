@@ -363,7 +363,7 @@ def write_easymocap(cams, folder, *, rotation=("R", "Rot"), sizes=True, fmt="{:.
     easymocap_yaml(folder / "extri.yml", extri, fmt)
 
 
-def test_easymocap_intri_extri_pair_imports_a_rig(tmp_path):
+def test_easymocap_intri_extri_pair_imports_a_rig(tmp_path, capsys):
     cams = {f"{i + 1:02d}": c for i, c in enumerate(tiny_rig(3).values())}
     images = tmp_path / "images"
     write_images(cams, images, [f"{n}/000000" for n in cams])  # EasyMocap: one folder per camera
@@ -378,10 +378,15 @@ def test_easymocap_intri_extri_pair_imports_a_rig(tmp_path):
         assert raw.selected_views(FID) == ["01", "02", "03"] and raw.image(FID, "02").is_file()
     # the intri.yml path itself works too; a camera folder with two frames is an error naming it
     assert run_import(tmp_path / "raw_file", "--opencv_yaml", tmp_path / "calib0" / "intri.yml", "--images", images) == 0
-    shutil.copyfile(images / "02" / "000000.jpg", images / "02" / "000001.jpg")
     from mvfr.runtime import run_main
 
+    (tmp_path / "calib1" / "extri.yml").unlink()
+    assert run_main(lambda: run_import(tmp_path / "raw_bad", "--opencv_yaml", tmp_path / "calib1", "--images", images)) == 2
+    assert "has no extri.yml beside it" in capsys.readouterr().err
+    shutil.copyfile(images / "02" / "000000.jpg", images / "02" / "000001.jpg")
     assert run_main(lambda: run_import(tmp_path / "raw_bad", "--opencv_yaml", tmp_path / "calib0", "--images", images)) == 2
+    assert "camera 02 has 2 images in the folder 02/" in capsys.readouterr().err
+    assert not (tmp_path / "raw_bad").exists()
 
 
 def test_opencv_single_camera_calibration_says_it_has_no_pose(tmp_path, capsys):
