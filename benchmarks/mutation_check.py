@@ -45,6 +45,8 @@ FEW_VIEWS = "tests/test_few_views.py"
 DPMAP = "tests/test_dpmap.py"
 DPMAP_E2E = DPMAP + "::test_train_resume_predict_and_mesh_end_to_end"
 IF = "tests/test_implicit_function.py"
+CHAIN = ("tests/test_demo_chain.py", "tests/test_import_capture.py::test_native_chain_is_closer_to_the_scan_than_the_base_mesh",
+         "tests/test_gt_isolation.py::test_every_eval_stage_gives_identical_outputs_without_ground_truth")
 
 MUTATIONS = [
     Mutation(
@@ -130,9 +132,22 @@ MUTATIONS = [
     ),
     Mutation(
         "reg-mm-per-unit", "mvfr/regularisation.py",
-        "return interval_scale_mm / mm_per_unit", "return interval_scale_mm * mm_per_unit",
+        "return float(interval_scale_mm) / float(mm_per_unit)", "return float(interval_scale_mm) * float(mm_per_unit)",
         (FEW_VIEWS + "::test_flat_score_region_stays_on_the_base_surface_in_eval_reg",),
         "the regularised displacement converted to capture units with mm per unit the wrong way round",
+    ),
+    Mutation(
+        "if-mm-per-unit", "mvfr/mvs/face_inputs.py",
+        "step = interval_scale_mm / capture.mm_per_unit", "step = interval_scale_mm * capture.mm_per_unit",
+        CHAIN,
+        "the IF hypotheses spaced by interval * mm per unit instead of interval / mm per unit (capture units)",
+    ),
+    Mutation(
+        "if-displacement-sign", "eval_if.py",
+        "disp_t = np.where(scored, step_offsets(D)[argmax] * setup.step * keep, 0.0)",
+        "disp_t = np.where(scored, -step_offsets(D)[argmax] * setup.step * keep, 0.0)",
+        CHAIN,
+        "the IF surface moved against the normal by the displacement it found (the score volume, and so reg, unchanged)",
     ),
     Mutation(
         "metrics-mm-per-unit", "mvfr/metrics.py",
