@@ -1,11 +1,11 @@
-"""Stage 1: landmarks -> robust triangulation -> template fit -> UV maps (and, for training, mv_map).
+"""Stage 1: landmarks -> robust triangulation -> base-model fit -> UV maps (and, for training, mv_map).
 
     python gen_maps.py --dataroot DATA --facescape_dataroot RAW --split train|eval
 
 Per face ``PPP_EE`` it writes (DESIGN §4; lengths in capture units):
   landmarks/PPP_EE.json                 per-view 2D landmarks and scores, 3D landmarks, views used/outliers,
                                         reprojection errors (see mvfr.triangulation)
-  fit_mesh/fit_mesh_PPP_EE.obj          base mesh: template fitted and Loop-subdivided, with vt (template uv)
+  fit_mesh/fit_mesh_PPP_EE.obj          base mesh: the base model (mvfr.face_model) fitted, with vt (template uv)
   maps/<split>/pos_map/pos_map_PPP_EE.npy     [S, S, 3] float32
   maps/<split>/norm_map/norm_map_PPP_EE.npy   [S, S, 3] float32 unit outward normals
   --split train only (reads the ground-truth scan RAW/mesh/...; --split eval never does):
@@ -29,7 +29,7 @@ from mvfr.fitting import mm_per_unit_from_fit, reconstruct_base_mesh
 from mvfr.mesh_io import read_mesh, write_obj
 from mvfr.runtime import start_stage
 from mvfr.stage import run_faces, select_face_ids
-from mvfr.template import load_template
+from mvfr.face_model import load_face_model
 from mvfr.triangulation import landmark_record, save_landmarks, triangulation_summary
 from mvfr.landmarks import detect_upright, upright_quarter_turns
 from mvfr.uv_rasterizer import build_uv_table, load_facial_mask
@@ -37,7 +37,7 @@ from mvfr.uv_rasterizer import build_uv_table, load_facial_mask
 log = logging.getLogger("gen_maps")
 
 
-SCALE_WARN_FRACTION = 0.3  # warn when a given scale and the template fit's estimate differ by more
+SCALE_WARN_FRACTION = 0.3  # warn when a given scale and the base-model fit's estimate differ by more
 
 
 def record_estimated_scale(folder: DataFolder, fid: str, mm_per_unit: float) -> None:
@@ -46,19 +46,19 @@ def record_estimated_scale(folder: DataFolder, fid: str, mm_per_unit: float) -> 
     path = folder.rt_scale_json
     d = read_json(path, "Rt_scale_dict.json") if path.is_file() else {}
     d.setdefault(str(pid), {})[str(eid)] = [float(mm_per_unit), np.eye(3, 4).tolist()]
-    d.setdefault("estimated", {})[fid] = ("mm per unit estimated by gen_maps.py from the template fit "
+    d.setdefault("estimated", {})[fid] = ("mm per unit estimated by gen_maps.py from the base-model fit "
                                           "(average face size, about +-10 %), not calibrated")
     save_json(path, d)
 
 
 class MapMaker:
-    """Everything loaded once per run (detector, template, UV table of the subdivided template)."""
+    """Everything loaded once per run (detector, base model, UV table of its topology)."""
 
     def __init__(self, opt, detector=None):
         self.opt = opt
         self.folder = DataFolder(opt.dataroot)
         self.raw = RawFolder(opt.facescape_dataroot)
-        self.template = load_template()
+        self.model = load_face_model()
         if detector is None:
             from mvfr.landmarks import FaceLandmarkDetector
 
@@ -113,24 +113,20 @@ class MapMaker:
             )
         K, Rt = cap.stacked_cameras()
         sizes = [(c.width, c.height) for c in cap.cameras]
-        n = len(self.template.vertices)
+        n = self.model.num_landmarks
         lm2d = np.stack([np.full((n, 2), np.nan) if lm is None else lm for lm in lms])
         try:
-            res = reconstruct_base_mesh(lm2d, np.asarray(scores), K, Rt, sizes, self.template,
-                                        mm_per_unit=cap.mm_per_unit)
+            res = reconstruct_base_mesh(lm2d, np.asarray(scores), K, Rt, sizes, self.model)
             estimate = mm_per_unit_from_fit(res.fit)
             if recorded is None:
-                log.warning("%s: no scale in %s: mm per unit ESTIMATED from the template fit (average face size, "
+                log.warning("%s: no scale in %s: mm per unit ESTIMATED from the base-model fit (average face size, "
                             "about +-10 %%): %.6g; recorded there as estimated. Pass --mm_per_unit to "
                             "import_capture.py (or fill Rt_scale_dict.json) for a calibrated scale",
                             fid, folder.rt_scale_json, estimate)
                 cap.mm_per_unit = estimate
-                if abs(estimate - 1.0) > 0.01:  # the fit's robust scale is in mm: fit again with the estimate
-                    res = reconstruct_base_mesh(lm2d, np.asarray(scores), K, Rt, sizes, self.template,
-                                                mm_per_unit=estimate)
                 record_estimated_scale(folder, fid, estimate)
             elif abs(estimate / recorded - 1.0) > SCALE_WARN_FRACTION:
-                log.warning("%s: the given scale %.6g mm per unit disagrees with the template fit's estimate %.6g "
+                log.warning("%s: the given scale %.6g mm per unit disagrees with the base-model fit's estimate %.6g "
                             "by %.0f %% (> %.0f %%); check Rt_scale_dict.json / --mm_per_unit", fid, recorded,
                             estimate, 100 * abs(estimate / recorded - 1.0), 100 * SCALE_WARN_FRACTION)
         except ValueError as exc:

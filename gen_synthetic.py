@@ -77,7 +77,7 @@ def main(argv=None) -> int:
         num_views=opt.num_views, image_long_side=opt.image_long_side, num_invalid_views=opt.num_invalid_views,
         distorted_fraction=opt.distorted_fraction, dpmap_size=opt.dpmap_size, albedo_size=opt.albedo_size or 2048,
         seed=opt.seed, layout=opt.layout, mixed_sizes=opt.mixed_sizes, identity_scale=opt.identity_scale,
-        detail_gain=opt.detail_gain, scan_level=opt.scan_level,
+        detail_gain=opt.detail_gain, scan_level=opt.scan_level, shape_noise_mm=opt.shape_noise_mm,
     )
     pids = list(range(opt.first_id, opt.first_id + opt.num_ids))
     ids = [(p, e) for p in pids for e in expression_ids(p, opt)]

@@ -167,6 +167,10 @@ def add_synthetic_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mixed_sizes", action="store_true",
                    help="draw each camera's image size between 0.5 and 12 megapixels instead of --image_long_side +-10%%")
     g.add_argument("--identity_scale", type=float, default=1.0, help="std of the ICT identity weights (1: the model's own prior)")
+    g.add_argument("--shape_noise_mm", type=float, default=2.0,
+                   help="v2: RMS over the face, in mm, of each person's smooth random shape field (24 bumps of 15-40 mm "
+                        "std along the normals) that takes the heads out of the ICT model's span, so a base model fitted "
+                        "with ICT's own modes cannot be perfect; 0: plain ICT heads (the data before this option)")
     g.add_argument("--detail_gain", type=float, default=1.0, help="scale of the mesoscopic detail (0: none), unitless")
     g.add_argument("--scan_level", type=int, default=3, choices=(1, 2, 3),
                    help="Loop levels of the ground-truth scan's skin (3: edges of about 0.37 mm on the face; 2: 0.73 mm, quicker)")

@@ -8,12 +8,10 @@ Facial region of the scan (the first that exists):
    folder holding ``PPP_EE.npy`` per face);
 2. ``RAW/region/<pid>/<k>_<exp>.npy`` (same content);
 3. computed from the scan and the triangulated landmarks alone (``DATA/landmarks/PPP_EE.json``):
-   the template is fitted to the landmarks (:func:`landmark_surface`) and the scan faces near it
-   whose closest point falls in the template's facial mask form the region
-   (:func:`mvfr.metrics.facial_region_from_surface`, within :data:`REGION_MAX_DIST_MM` and facing
-   the same way within 60 deg, :data:`REGION_MIN_COS`). Measured on a synthetic ICT head against its
-   RAW region: 92 % of the computed region's area lies in the RAW region (the rest near the mouth);
-   the RAW region is larger (the ICT face area reaches the hairline and the ears).
+   the base model is fitted to the landmarks (:func:`landmark_surface`, the same fit as stage 1's,
+   from the landmark file only) and the scan faces near it whose closest point falls in the
+   template's facial mask form the region (:func:`mvfr.metrics.facial_region_from_surface`, within
+   :data:`REGION_MAX_DIST_MM` and facing the same way within 60 deg, :data:`REGION_MIN_COS`).
 
 Per-vertex regions become per-face ones by majority (:func:`mvfr.metrics.region_faces_from_vertices`).
 Never a predicted surface or the base mesh, never the scan's own uvs. The scan is re-wound so that
@@ -84,14 +82,14 @@ def landmark_points(folder: DataFolder, fid: str) -> tuple[np.ndarray, np.ndarra
 
 
 def landmark_surface(points: np.ndarray, weights: np.ndarray) -> Mesh:
-    """The template fitted to triangulated landmarks (vertex i = landmark i), once subdivided, with
-    the template's uvs: the reference surface of the fallback region (capture units)."""
-    from mvfr.fitting import fit_template
-    from mvfr.template import load_template
+    """The base model fitted to triangulated landmarks alone (:func:`mvfr.fitting.fit_face_model`, the
+    template's uvs): the reference surface of the fallback region (capture units)."""
+    from mvfr.face_model import load_face_model
+    from mvfr.fitting import fit_face_model
 
     if (weights > 0).sum() < 10:
         raise DataError(f"only {(weights > 0).sum()} landmarks were triangulated; the facial region needs more")
-    return fit_template(points, weights, load_template(), subdiv_levels=1).mesh
+    return fit_face_model(points, weights, load_face_model()).mesh
 
 
 def region_source(folder: DataFolder, raw: RawFolder, fid: str, scan_region: str | None = None) -> Path | None:

@@ -1,28 +1,28 @@
-"""Fit the face template to triangulated 3D landmarks: similarity, robust ARAP deformation, Loop subdivision.
+"""Fit the base model to triangulated 3D landmarks: similarity, model weights, non-rigid refinement.
 
-The template (:mod:`mvfr.template`) has one vertex per MediaPipe landmark, so the fit is:
+The base model (:mod:`mvfr.face_model`: a linear morphable face in mm, its 468 MediaPipe landmarks at
+fixed barycentrics of its triangles) is fitted in three steps (:func:`fit_face_model`):
 
-1. :func:`robust_similarity` -- weighted Umeyama alignment of the template (cm) to the landmarks
-   (capture units), iteratively reweighted (Cauchy) so that gross outliers do not tilt it.
-2. :func:`arap_fit` -- a regularised non-rigid deformation: as-rigid-as-possible (cotangent
-   weights, per-vertex rotations) plus a data term pulling the *subdivided* surface's vertex i
-   onto landmark i, weighted by each landmark's triangulation confidence and reweighted (Cauchy)
-   by its residual, so a bad landmark cannot crumple the surface.
-3. :func:`loop_subdivision` -- Loop subdivision (``levels`` times) for a smooth base surface;
-   positions use Loop's masks (with boundary rules), uvs are interpolated linearly (edge
-   midpoints) so the subdivided mesh covers exactly the template's uv chart.
+1. :func:`robust_similarity` -- weighted Umeyama alignment of the mean face's landmarks (mm) to the
+   triangulated landmarks (capture units), iteratively reweighted (Cauchy) so that gross outliers do
+   not tilt it;
+2. :func:`solve_model_weights` -- identity and expression weights by bounded least squares with their
+   priors, the residuals weighted by each landmark's information matrix (anisotropic: depth along the
+   viewing rays is less certain than position across them), alternating with the similarity;
+3. :func:`smooth_correction` -- a smooth non-rigid correction (the displacement of least bending)
+   pulling the surface's landmark points onto the landmarks, reweighted (Cauchy) by residual, for the
+   shape the model's span misses.
 
 :func:`reconstruct_base_mesh` chains triangulation and fitting for one face, with the visibility
 iteration: a first fit from the views where the detector is confident, then per-landmark
 visibility from the fitted surface, re-triangulation from the visible views, and a final fit.
 
-Units: the template is in cm, everything returned is in capture units.
+Units: the model is in mm, everything returned is in capture units.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 from typing import Sequence
 
@@ -30,8 +30,9 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
+from mvfr.face_model import FaceModel
 from mvfr.mesh_io import Mesh, vertex_normals
-from mvfr.subdivision import Subdivision, loop_subdivision, mesh_edges, subdivision  # noqa: F401 (re-exported)
+from mvfr.subdivision import mesh_edges
 from mvfr.triangulation import Triangulation, landmark_visibility, triangulate_points
 from mvfr.visibility import RayCaster
 
@@ -98,195 +99,166 @@ def robust_similarity(
     return s, R, t, np.where(w0 > 0, res, np.nan)
 
 
-# ---------------------------------------------------------------------------------- subdivision
+# ----------------------------------------------------------------------------- smooth correction
 
 
-# ------------------------------------------------------------------------------------------ ARAP
-
-
-def cotangent_weights(vertices: np.ndarray, faces: np.ndarray, edges: np.ndarray, face_edges: np.ndarray,
-                      floor: float = 0.05) -> np.ndarray:
-    """Per-edge weights [E] = (cot alpha + cot beta) / 2, floored at ``floor`` x their mean (keeps
-    the energy positive definite on obtuse triangles)."""
-    tri = vertices[faces]
-    w = np.zeros(len(edges))
-    for k in range(3):  # edge k joins corners k, k+1; the opposite corner is k+2
-        o = tri[:, (k + 2) % 3]
-        a, b = tri[:, k] - o, tri[:, (k + 1) % 3] - o
-        cot = (a * b).sum(1) / np.maximum(np.linalg.norm(np.cross(a, b), axis=1), 1e-30)
-        np.add.at(w, face_edges[:, k], 0.5 * cot)
-    return np.maximum(w, floor * max(float(np.mean(np.abs(w))), 1e-12))
-
-
-def _laplacian(edges: np.ndarray, w: np.ndarray, n: int) -> sp.csr_matrix:
+def graph_laplacian(edges: np.ndarray, w: np.ndarray, n: int) -> sp.csr_matrix:
     """Graph Laplacian ``L = D - W`` [n, n] (positive semi-definite) of weighted edges."""
     i, j = edges[:, 0], edges[:, 1]
     Wm = sp.csr_matrix((np.concatenate([w, w]), (np.concatenate([i, j]), np.concatenate([j, i]))), shape=(n, n))
     return (sp.diags(np.asarray(Wm.sum(1)).ravel()) - Wm).tocsr()
 
 
-def _best_rotations(cov: np.ndarray) -> np.ndarray:
-    """Closest rotations [N, 3, 3] to ``cov [N, 3, 3]`` (= sum c (v_i - v_j)(r_i - r_j)^T), det +1."""
-    U, _, Vt = np.linalg.svd(cov)
-    d = np.sign(np.linalg.det(U @ Vt))
-    d = np.where(d == 0, 1.0, d)
-    U = U.copy()
-    U[:, :, 2] *= d[:, None]
-    return U @ Vt
-
-
-@dataclasses.dataclass
-class ArapResult:
-    control: np.ndarray  # [N, 3] deformed control vertices, units
-    weights: np.ndarray  # [N] final data weights (isotropic size of the confidence x robust factor)
-    residuals: np.ndarray  # [N] |fitted - target| in units (NaN where no target)
-
-
-def arap_fit(
-    rest: np.ndarray,
+def smooth_correction(
+    vertices: np.ndarray,
     faces: np.ndarray,
+    operator: sp.spmatrix,
     targets: np.ndarray,
     weights: np.ndarray,
-    smoothness: float = 1.0,
+    stiffness: float,
     robust_scale: float | None = None,
-    data_operator: sp.spmatrix | None = None,
-    iters: int = 6,
-) -> ArapResult:
-    """As-rigid-as-possible deformation of ``rest [N, 3]`` towards ``targets [N, 3]`` (soft constraints).
+    iters: int = 2,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The smoothest displacement of a mesh that moves its points ``operator @ vertices`` onto ``targets``.
 
-    Minimises  sum_i w_i |(B v)_i - p_i|^2 + smoothness * sum_edges c_ij |(v_i - v_j) - R_ij (r_i - r_j)|^2
-    over v, alternating per-vertex rotations (local) and a sparse linear solve (global).
-    ``B = data_operator`` [N, N] maps control vertices to the points that must meet the targets
-    (default identity; :func:`fit_template` passes the control rows of the Loop operator, so the
-    *smooth* surface passes through the landmarks). weights [N] >= 0 (0 or NaN target = unused), or
-    [N, 3, 3] symmetric PSD matrices (anisotropic: e.g. a triangulated point's information matrix,
-    strong across the viewing rays, weak along them), the data term then being (Bv - p)^T W_i (Bv - p);
-    robust_scale (units): when given, weights are multiplied by the Cauchy factor
-    1 / (1 + (residual / robust_scale)^2) after every solve, so wild targets lose their pull.
+    ``vertices [N, 3]`` (any unit), ``faces [F, 3]``, ``operator`` sparse ``[L, N]`` (e.g. the landmarks'
+    barycentric rows), ``targets [L, 3]`` (NaN = none), ``weights [L] >= 0``. Minimises
+    ``sum_l w_l |(B (V + D))_l - p_l|^2 + stiffness * |M D|^2`` over the displacement ``D [N, 3]``, with
+    ``M = I - A / deg`` the normalised graph Laplacian (``|M D|^2`` penalises bending of the displacement,
+    not the displacement itself: a thin plate through the targets). ``robust_scale`` (units): after each
+    solve the weights are multiplied by ``1 / (1 + (residual / robust_scale)^2)``.
+    Returns the new vertices ``[N, 3]``, the final weights ``[L]`` and residuals ``[L]`` (units).
     """
-    rest = np.asarray(rest, dtype=np.float64)
-    faces = np.asarray(faces, dtype=np.int64)
-    n = len(rest)
+    V = np.asarray(vertices, dtype=np.float64)
+    n = len(V)
+    B = sp.csr_matrix(operator)
+    edges, _ = mesh_edges(np.asarray(faces, dtype=np.int64))
+    A = graph_laplacian(edges, np.ones(len(edges)), n)
+    deg = np.maximum(A.diagonal(), 1.0)
+    M = sp.diags(1.0 / deg) @ A
+    MM = (M.T @ M).tocsc()
     p = np.asarray(targets, dtype=np.float64)
-    finite = np.isfinite(p).all(1)
-    W0 = np.nan_to_num(np.asarray(weights, dtype=np.float64))
-    if W0.ndim == 1:
-        W0 = W0[:, None, None] * np.eye(3)[None]
-    if W0.shape != (n, 3, 3):
-        raise ValueError(f"weights must be [N] or [N, 3, 3] with N = {n}, got {np.shape(weights)}")
-    W0 = W0 * finite[:, None, None]
-    strength = np.trace(W0, axis1=1, axis2=2) / 3.0  # [N] isotropic size of each target's weight
-    if (strength > 0).sum() < 3:
-        raise ValueError(f"non-rigid fit needs at least 3 weighted targets, got {(strength > 0).sum()}")
-    p = np.nan_to_num(p)
-    B = sp.identity(n, format="csr") if data_operator is None else sp.csr_matrix(data_operator)
-    B3 = sp.kron(B, sp.identity(3), format="csr")
-    edges, fe = mesh_edges(faces)
-    c = cotangent_weights(rest, faces, edges, fe)
-    L3 = sp.kron(_laplacian(edges, c, n), sp.identity(3), format="csr")
-    e_rest = rest[edges[:, 0]] - rest[edges[:, 1]]  # [E, 3]
-    # scale the data term so that ``smoothness`` means the same for any mesh resolution / weighting
-    w_scale = float(np.mean(c) * 2 * len(edges) / n) / max(float(np.mean(strength[strength > 0])), 1e-12)
-    rows = (3 * np.arange(n)[:, None, None] + np.arange(3)[None, :, None]).repeat(3, 2)
-    cols = rows.transpose(0, 2, 1)
-    v = rest.copy()
-    robust = np.ones(n)
-    res = np.zeros(n)
-    for it in range(iters):
-        # local step: rotation per vertex from its one-ring
-        e_cur = v[edges[:, 0]] - v[edges[:, 1]]
-        outer = c[:, None, None] * e_cur[:, :, None] * e_rest[:, None, :]
-        cov = np.zeros((n, 3, 3))
-        np.add.at(cov, edges[:, 0], outer)
-        np.add.at(cov, edges[:, 1], outer)
-        Rv = _best_rotations(cov)
-        Re = 0.5 * (Rv[edges[:, 0]] + Rv[edges[:, 1]])
-        be = c[:, None] * np.einsum("eij,ej->ei", Re, e_rest)  # [E, 3]
-        b = np.zeros((n, 3))
-        np.add.at(b, edges[:, 0], be)
-        np.add.at(b, edges[:, 1], -be)
-        # global step (3N unknowns: anisotropic weights couple x, y, z of a vertex)
-        Wb = W0 * (robust * w_scale)[:, None, None]
-        Wd = sp.csr_matrix((Wb.ravel(), (rows.ravel(), cols.ravel())), shape=(3 * n, 3 * n))
-        A = (B3.T @ Wd @ B3 + smoothness * L3).tocsc()
-        rhs = B3.T @ (Wd @ p.ravel()) + smoothness * b.ravel()
-        v = spla.splu(A, permc_spec="MMD_AT_PLUS_A").solve(rhs).reshape(n, 3)
-        res = np.linalg.norm(B @ v - p, axis=1)
-        if robust_scale is not None:
-            robust = 1.0 / (1.0 + (res / robust_scale) ** 2)
-    w = strength * robust
-    return ArapResult(v, w, np.where(strength > 0, res, np.nan))
+    w0 = np.where(np.isfinite(p).all(1), np.nan_to_num(np.asarray(weights, dtype=np.float64)), 0.0)
+    r = np.nan_to_num(p - B @ V)
+    robust = np.ones(len(w0))
+    D = np.zeros_like(V)
+    for _ in range(max(int(iters), 1)):
+        w = w0 * robust
+        K = (B.T @ sp.diags(w) @ B + stiffness * MM).tocsc()
+        D = spla.splu(K).solve(np.asarray(B.T @ (w[:, None] * r)))
+        res = np.linalg.norm(B @ D - r, axis=1)
+        if robust_scale is None:
+            break
+        robust = 1.0 / (1.0 + (res / robust_scale) ** 2)
+    return V + D, w0 * robust, res
 
 
-# ------------------------------------------------------------------------------------- template fit
+# --------------------------------------------------------------------------------- base model fit
 
-
-def _inflated_control(vertices: np.ndarray, sub: Subdivision) -> np.ndarray:
-    """Control vertices [N, 3] whose subdivided vertex i lands on ``vertices[i]`` (solves ``S[:N] c = v``;
-    the Loop even-vertex operator is well conditioned: eigenvalues in [1/4, 1])."""
-    n = len(vertices)
-    return np.asarray(spla.splu(sub.S[:n].tocsc()).solve(np.asarray(vertices, dtype=np.float64)))
+LANDMARK_SIGMA_MM = 2.0  # noise of a typical triangulated landmark (detector and triangulation), mm
+CORRECTION_STIFFNESS = 200.0  # stiffness of the smooth correction (:func:`smooth_correction`)
+EXPRESSION_SIGMA = 1.0  # prior std of an expression weight (weights are bounded to [0, 1])
+IDENTITY_BOUND = 4.0  # identity weights stay within +-4 standard deviations
 
 
 @dataclasses.dataclass
-class TemplateFit:
-    """Result of :func:`fit_template`.
+class BaseFit:
+    """Result of :func:`fit_face_model`.
 
-    mesh: the subdivided base mesh (capture units, Loop positions, template uvs interpolated
-    linearly); control [N, 3] the fitted template vertices (units); similarity (s, R, t) template
-    cm -> units; landmark_residuals [N] distance (units) between subdivided vertex i and landmark i;
-    weights [N] final data weights.
+    mesh: the base mesh (capture units, the model's topology and uvs, vertex normals);
+    similarity (s, R, t): model mm -> capture units; identity [Ki], expression [Ke]: the model weights;
+    landmark_residuals [L] distance (units) between the mesh's landmark points and the targets;
+    weights [L] final data weights of the non-rigid refinement.
     """
 
     mesh: Mesh
-    control: np.ndarray
     similarity: tuple[float, np.ndarray, np.ndarray]
+    identity: np.ndarray
+    expression: np.ndarray
     landmark_residuals: np.ndarray
     weights: np.ndarray
 
 
-def fit_template(
+def _square_roots(W: np.ndarray) -> np.ndarray:
+    """``U [L, 3, 3]`` with ``U^T U = W`` for symmetric PSD ``W [L, 3, 3]``."""
+    lam, Q = np.linalg.eigh(W)
+    return np.sqrt(np.clip(lam, 0.0, None))[:, :, None] * np.transpose(Q, (0, 2, 1))
+
+
+def solve_model_weights(model: FaceModel, targets_mm: np.ndarray, W: np.ndarray,
+                        sigma_mm: float = LANDMARK_SIGMA_MM) -> tuple[np.ndarray, np.ndarray]:
+    """Identity ``[Ki]`` and expression ``[Ke]`` weights whose landmarks best meet ``targets_mm [L, 3]``
+    (model frame, mm) under the information matrices ``W [L, 3, 3]`` (relative: 1 = a typical landmark,
+    whose noise is ``sigma_mm``), with the priors N(0, 1) per identity weight (bounded to
+    +-:data:`IDENTITY_BOUND`) and N(0, :data:`EXPRESSION_SIGMA`^2) per expression weight, bounded to [0, 1]."""
+    from scipy.optimize import lsq_linear
+
+    mean_l, basis = model.landmark_basis  # [L, 3], [L, 3, K]
+    ki, k = len(model.identity), basis.shape[-1]
+    ok = np.isfinite(targets_mm).all(1)
+    U = _square_roots(W[ok]) / sigma_mm
+    A = np.einsum("lij,ljk->lik", U, basis[ok]).reshape(-1, k)
+    b = np.einsum("lij,lj->li", U, targets_mm[ok] - mean_l[ok]).ravel()
+    prior = np.r_[np.ones(ki), np.full(k - ki, 1.0 / EXPRESSION_SIGMA)]
+    A = np.concatenate([A, np.diag(prior)])
+    b = np.concatenate([b, np.zeros(k)])
+    lo = np.r_[np.full(ki, -IDENTITY_BOUND), np.zeros(k - ki)]
+    hi = np.r_[np.full(ki, IDENTITY_BOUND), np.ones(k - ki)]
+    x = lsq_linear(A, b, bounds=(lo, hi), method="bvls").x
+    return x[:ki], x[ki:]
+
+
+def fit_face_model(
     landmarks3d: np.ndarray,
     weights: np.ndarray,
-    template: Mesh,
-    subdiv_levels: int = 2,
-    smoothness: float = 1.0,
-    robust_scale: float | None = None,
-) -> TemplateFit:
-    """Fit ``template`` (vertex i = landmark i, any unit) to ``landmarks3d [L, 3]`` (capture units).
+    model: FaceModel,
+    rounds: int = 4,
+    robust_mm: float | None = 3.0,
+    stiffness: float = CORRECTION_STIFFNESS,
+    refine: bool = True,
+) -> BaseFit:
+    """Fit the base model (:mod:`mvfr.face_model`, mm) to ``landmarks3d [L, 3]`` (capture units, NaN = missing).
 
-    L may be less than the template's N vertices: vertices L..N-1 (the extension beyond the
-    landmark mesh) have no target and follow the ARAP deformation (regularisation only).
+    1. similarity of the mean face's landmarks onto the targets (robust Umeyama);
+    2. ``rounds`` times: identity and expression weights in the model frame (:func:`solve_model_weights`),
+       the similarity again from the model's landmarks, Cauchy reweighting of landmarks whose residual
+       exceeds ``robust_mm``;
+    3. ``refine``: a smooth non-rigid correction of the fitted surface onto the landmarks
+       (:func:`smooth_correction` with ``stiffness``), for the shapes the model's span misses.
 
-    weights [N] >= 0 or [N, 3, 3] (see :func:`arap_fit` and :func:`landmark_weights`): triangulation
-    confidence (0 / NaN landmark = ignored). robust_scale: Cauchy
-    scale in capture units of the non-rigid data term (default: none). Returns :class:`TemplateFit`.
+    weights [L] >= 0 or [L, 3, 3] information matrices (:func:`landmark_weights`; 0 / NaN = ignored).
+    The fit needs no scale: the similarity carries model mm -> capture units (:func:`mm_per_unit_from_fit`).
     """
     lm = np.asarray(landmarks3d, dtype=np.float64)
-    n = len(template.vertices)
-    n_lm = len(lm)
-    if lm.ndim != 2 or lm.shape[1] != 3 or not 3 <= n_lm <= n:
-        raise ValueError(f"landmarks3d must be [L, 3] with L <= {n} (landmark i = template vertex i), got {lm.shape}")
-    w = np.nan_to_num(np.asarray(weights, dtype=np.float64))
-    finite = np.isfinite(lm).all(1)
-    w = w * (finite if w.ndim == 1 else finite[:, None, None])
-    w_iso = w if w.ndim == 1 else np.trace(w, axis1=1, axis2=2) / 3.0
-    s, R, t, _ = robust_similarity(template.vertices[:n_lm], lm, w_iso)
-    if n_lm < n:  # vertices beyond the landmarks (the template's extension) follow the deformation only
-        lm = np.concatenate([lm, np.full((n - n_lm, 3), np.nan)])
-        w = np.concatenate([w, np.zeros((n - n_lm,) + w.shape[1:])])
-    sub = subdivision(template.faces, n, subdiv_levels, template.face_uvs,
-                      0 if template.uvs is None else len(template.uvs))
-    B = sub.S[:n]
-    # ARAP rest shape: the control mesh whose *subdivided* vertices are the template's, so an exact
-    # template target costs nothing (Loop subdivision alone would shrink the face).
-    rest = apply_similarity(_inflated_control(template.vertices, sub), s, R, t)
-    fit = arap_fit(rest, template.faces, lm, w, smoothness=smoothness, robust_scale=robust_scale, data_operator=B)
-    verts = sub.positions(fit.control)
-    uvs = None if template.uvs is None else np.asarray(sub.M_uv @ template.uvs)
-    mesh = Mesh(verts, sub.faces, uvs, sub.face_uvs)
+    L = model.num_landmarks
+    if lm.shape != (L, 3):
+        raise ValueError(f"landmarks3d must be [{L}, 3] (the model's landmarks), got {lm.shape}")
+    W = np.nan_to_num(np.asarray(weights, dtype=np.float64))
+    W = W[:, None, None] * np.eye(3) if W.ndim == 1 else W
+    W = W * np.isfinite(lm).all(1)[:, None, None]
+    w_iso = np.trace(W, axis1=1, axis2=2) / 3.0
+    mean_l = model.landmarks(model.mean)
+    s, R, t, _ = robust_similarity(mean_l, lm, w_iso)
+    robust = np.ones(L)
+    ident, expr = np.zeros(len(model.identity)), np.zeros(len(model.expression))
+    for _ in range(rounds):
+        q = (np.nan_to_num(lm) - t) @ R / s  # targets in the model frame, mm
+        Wm = np.einsum("ai,lab,bj->lij", R, W, R)  # R^T W R: the information in the model frame
+        ident, expr = solve_model_weights(model, np.where(np.isfinite(lm), q, np.nan), Wm * robust[:, None, None])
+        x_l = model.landmarks(model.shape(ident, expr))
+        s, R, t = umeyama(x_l, lm, w_iso * robust)
+        if robust_mm is not None:
+            res_mm = np.linalg.norm(apply_similarity(x_l, s, R, t) - np.nan_to_num(lm), axis=1) / s
+            robust = 1.0 / (1.0 + (res_mm / robust_mm) ** 2)
+    verts = apply_similarity(model.shape(ident, expr), s, R, t)
+    w_final = w_iso * robust
+    if refine:
+        verts, w_final, _ = smooth_correction(verts, model.faces, model.landmark_operator, lm, w_final, stiffness,
+                                              None if robust_mm is None else robust_mm * s)
+    res = np.linalg.norm(model.landmarks(verts) - np.nan_to_num(lm), axis=1)
+    mesh = model.mesh(verts)
     mesh.normals = vertex_normals(mesh.vertices, mesh.faces)
-    return TemplateFit(mesh, fit.control, (s, R, t), fit.residuals[:n_lm], fit.weights[:n_lm])
+    return BaseFit(mesh, (s, R, t), ident, expr, np.where(w_iso > 0, res, np.nan), w_final)
 
 
 # ------------------------------------------------------------------------- landmarks -> base mesh
@@ -297,7 +269,7 @@ class BaseMeshResult:
     """One face's base mesh reconstruction: the final triangulation, fit and landmark visibility [V, N]."""
 
     triangulation: Triangulation
-    fit: TemplateFit
+    fit: BaseFit
     visibility: np.ndarray
     first_pass_views: list[int]
 
@@ -321,22 +293,19 @@ def reconstruct_base_mesh(
     K: np.ndarray,
     Rt: np.ndarray,
     image_sizes: Sequence[tuple[int, int]],
-    template: Mesh,
-    mm_per_unit: float = 1.0,
+    model: FaceModel,
     min_score: float = 0.5,
     inlier_px: float = 8.0,
     huber_px: float = 2.0,
     robust_mm: float = 3.0,
-    smoothness: float = 1.0,
-    subdiv_levels: int = 2,
     visibility_cos: float = 0.15,
     rounds: int = 2,
 ) -> BaseMeshResult:
-    """Landmarks in V views -> robust 3D landmarks -> fitted, subdivided template (capture units).
+    """Landmarks in V views -> robust 3D landmarks -> fitted base model (capture units).
 
     landmarks2d [V, N, 2] pixels of the processed images (NaN rows: view found no face);
     scores [V] detector confidence; K [V, 3, 3]; Rt [V, 3, 4]; image_sizes [(width, height)] per view;
-    mm_per_unit converts ``robust_mm`` (Cauchy scale of the non-rigid fit, mm) to capture units.
+    ``robust_mm``: Cauchy scale of the fit's data term, mm (:func:`fit_face_model`).
 
     Round 0 triangulates every landmark from the views whose score >= ``min_score`` (all views with
     a detection when fewer than 2 pass); each later round recomputes, from the surface fitted in the
@@ -365,12 +334,12 @@ def reconstruct_base_mesh(
                 f"only {int(tri.ok.sum())} of {N} landmarks could be triangulated from views "
                 f"{np.nonzero(cand.any(1))[0].tolist()} (inlier threshold {inlier_px} px)"
             )
-        fit = fit_template(tri.points, landmark_weights(tri), template, subdiv_levels=subdiv_levels,
-                           smoothness=smoothness, robust_scale=robust_mm / mm_per_unit)
+        fit = fit_face_model(tri.points, landmark_weights(tri), model, robust_mm=robust_mm)
         if rnd == rounds - 1:
             break
-        verts = fit.mesh.vertices[:N]
-        normals = fit.mesh.normals[:N]
+        verts = model.landmarks(fit.mesh.vertices)
+        normals = model.landmarks(fit.mesh.normals)
+        normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
         caster = RayCaster(fit.mesh.vertices, fit.mesh.faces)
         vis = landmark_visibility(verts, normals, Rt, K, image_sizes, caster=caster, min_cos=visibility_cos)
         new = detected & vis
@@ -383,14 +352,13 @@ def reconstruct_base_mesh(
 
 # ------------------------------------------------------------------------------------- scale
 
-TEMPLATE_MM_PER_UNIT = 10.0  # the template is in cm
 
-
-def mm_per_unit_from_fit(fit: TemplateFit, template_mm_per_unit: float = TEMPLATE_MM_PER_UNIT) -> float:
-    """Millimetres per capture unit implied by the similarity of a template fit (template unit -> capture
-    units is ``s``): ``template_mm_per_unit / s``. The template is an average face, so this is as good as
-    the subject's face is average-sized (about +-10 %); a calibrated scale is better when there is one."""
+def mm_per_unit_from_fit(fit: BaseFit) -> float:
+    """Millimetres per capture unit implied by the similarity of a base-model fit (model mm -> capture units
+    is ``s``): ``1 / s``. The model's mean is an average face and its identity weights are held near it by
+    their prior, so this is as good as the subject's face is average-sized (about +-10 %); a calibrated
+    scale is better when there is one."""
     s = float(fit.similarity[0])
     if not s > 0:
-        raise ValueError(f"the template fit has a non-positive scale {s}")
-    return template_mm_per_unit / s
+        raise ValueError(f"the base-model fit has a non-positive scale {s}")
+    return 1.0 / s

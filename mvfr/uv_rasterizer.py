@@ -6,9 +6,9 @@ Convention (DESIGN §3): texel (row i, col j) of an S x S map has its centre at
 A :class:`UVTable` says, for every texel centre, which face covers it and with which barycentrics;
 it is built once per (mesh, S) by :func:`build_uv_table` (vectorised; :func:`template_uv_table`
 caches the template's), and :func:`interpolate_attribute` turns any per-vertex attribute into an
-S x S map with one gather. :func:`facial_mask` is the template's facial region (eyes and mouth
-cut out, borders eroded); ``predefine_data/facial_mask.png`` holds it at S = 256 and is regenerated with
-``python -m mvfr.uv_rasterizer``.
+S x S map with one gather. :func:`facial_mask` is the template's facial region (the base model's
+facial triangles, closed over the eyes, mouth and nostrils); ``predefine_data/facial_mask.png`` holds
+it at S = 256 and is regenerated with ``python -m mvfr.uv_rasterizer``.
 """
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ def template_uv_table(size: int) -> UVTable:
     """The (cached, read-only) :class:`UVTable` of the shipped template at S = ``size``.
 
     Its faces are ``load_template().faces`` (== ``face_uvs``), so vertex attributes of any mesh with
-    the template topology (``attr [468, C]``) go straight into :func:`interpolate_attribute`.
+    the template topology (``attr [N, C]``) go straight into :func:`interpolate_attribute`.
     """
     from mvfr.template import load_template
 
@@ -255,26 +255,7 @@ def interpolate_attribute(table: UVTable, faces: np.ndarray, attr: np.ndarray, f
 
 # ------------------------------------------------------------------------------------ facial mask
 
-# Closed contours of the template's eye openings and inner lips (MediaPipe face-mesh landmark indices,
-# from mediapipe.tasks.python.vision.FaceLandmarksConnections FACE_LANDMARKS_{RIGHT,LEFT}_EYE and the
-# inner ring of FACE_LANDMARKS_LIPS), each as one loop. The canonical mesh closes each loop over with
-# n - 2 triangles whose corners all lie on the loop; those triangles are the holes of the mask.
-RIGHT_EYE_CONTOUR = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
-LEFT_EYE_CONTOUR = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
-INNER_LIP_CONTOUR = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191)
-HOLE_CONTOURS = (RIGHT_EYE_CONTOUR, LEFT_EYE_CONTOUR, INNER_LIP_CONTOUR)
-# Erosion from the outer rim and from the hole contours, in uv units: 2 texels at S = 256.
-FACIAL_MASK_MARGIN_UV = 2.0 / 256
 FACIAL_MASK_PNG_SIZE = 256
-
-
-def hole_faces(face_uvs: np.ndarray, contours=HOLE_CONTOURS) -> np.ndarray:
-    """Indices of the faces whose three corners (uv indices) all lie on one of ``contours``: [H] int64."""
-    face_uvs = np.asarray(face_uvs, dtype=np.int64)
-    hole = np.zeros(len(face_uvs), dtype=bool)
-    for loop in contours:
-        hole |= np.isin(face_uvs, np.asarray(loop)).all(axis=1)
-    return np.flatnonzero(hole)
 
 
 def boundary_edges(face_uvs: np.ndarray) -> np.ndarray:
@@ -285,82 +266,27 @@ def boundary_edges(face_uvs: np.ndarray) -> np.ndarray:
     return edges[count == 1]
 
 
-def texels_near_segments(seg_a: np.ndarray, seg_b: np.ndarray, radius: float, size: int) -> np.ndarray:
-    """[S, S] bool: texel centres closer than ``radius`` (uv units) to any segment ``seg_a -> seg_b [B, 2]`` (uv).
-
-    Vectorised like :func:`build_uv_table`: each segment's bounding box, grown by ``radius``, is
-    expanded into candidate texels whose exact point-to-segment distance is then tested.
-    """
-    size = _check_size(size)
-    seg_a = np.asarray(seg_a, dtype=np.float64).reshape(-1, 2)
-    seg_b = np.asarray(seg_b, dtype=np.float64).reshape(-1, 2)
-    near = np.zeros(size * size, dtype=bool)
-    if len(seg_a) == 0 or radius <= 0:
-        return near.reshape(size, size)
-    pts = np.stack([seg_a, seg_b], axis=1)  # [B, 2, 2]
-    x = pts[..., 0] * size - 0.5
-    y = (1.0 - pts[..., 1]) * size - 0.5
-    r = radius * size + 1e-6
-    c0 = np.clip(np.ceil(x.min(1) - r), 0, size).astype(np.int64)
-    c1 = np.clip(np.floor(x.max(1) + r), -1, size - 1).astype(np.int64)
-    r0 = np.clip(np.ceil(y.min(1) - r), 0, size).astype(np.int64)
-    r1 = np.clip(np.floor(y.max(1) + r), -1, size - 1).astype(np.int64)
-    nx = np.maximum(c1 - c0 + 1, 0)
-    count = nx * np.maximum(r1 - r0 + 1, 0)
-    seg = np.repeat(np.arange(len(seg_a), dtype=np.int64), count)
-    local = np.arange(int(count.sum()), dtype=np.int64) - np.repeat(np.cumsum(count) - count, count)
-    row = r0[seg] + local // nx[seg]
-    col = c0[seg] + local % nx[seg]
-    pu, pv = _texel_centre(row, col, size)
-    a, d = seg_a[seg], (seg_b - seg_a)[seg]
-    apu, apv = pu - a[:, 0], pv - a[:, 1]
-    t = np.clip((apu * d[:, 0] + apv * d[:, 1]) / np.maximum((d * d).sum(-1), 1e-300), 0.0, 1.0)
-    dist2 = (apu - t * d[:, 0]) ** 2 + (apv - t * d[:, 1]) ** 2
-    near[(row * size + col)[dist2 < radius * radius]] = True
-    return near.reshape(size, size)
-
-
-def build_facial_mask(
-    table: UVTable,
-    uvs: np.ndarray,
-    face_uvs: np.ndarray,
-    contours=HOLE_CONTOURS,
-    margin_uv: float = FACIAL_MASK_MARGIN_UV,
-    hole_margin_uv: float = FACIAL_MASK_MARGIN_UV,
-) -> np.ndarray:
-    """Facial region ``[S, S]`` bool of a uv mesh (row 0 is v = 1).
-
-    Covered texels, minus the faces closing ``contours`` (see :func:`hole_faces`), minus texels whose
-    centre is closer than ``margin_uv`` (uv units) to the mesh's boundary edges (its outer rim) or
-    closer than ``hole_margin_uv`` to a contour. The hole margin matters for the template's mouth: its
-    lips are closed, so the inner-lip loop encloses a slit under one texel high at S = 256, which
-    would hold no texel centre at all at S <= 128. ``table`` must be built from ``uvs``, ``face_uvs``.
-    """
-    uvs, face_uvs = _check_uv_mesh(uvs, face_uvs)
-    if table.face_index.shape != (table.size, table.size):
-        raise ValueError(f"table of size {table.size} has face_index of shape {table.face_index.shape}")
-    mask = table.covered & ~np.isin(table.face_index, hole_faces(face_uvs, contours))
-    edges = boundary_edges(face_uvs)
-    mask &= ~texels_near_segments(uvs[edges[:, 0]], uvs[edges[:, 1]], margin_uv, table.size)
-    for loop in contours:
-        loop = np.asarray(loop, dtype=np.int64)
-        mask &= ~texels_near_segments(uvs[loop], uvs[np.roll(loop, -1)], hole_margin_uv, table.size)
-    return mask
+def build_facial_mask(table: UVTable, facial_faces: np.ndarray) -> np.ndarray:
+    """``[S, S]`` bool: the texels whose face (in the table's mesh) is one of ``facial_faces [F] bool``."""
+    facial_faces = np.asarray(facial_faces, dtype=bool)
+    if table.covered.any() and table.face_index.max() >= len(facial_faces):
+        raise ValueError(f"the UV table refers to face {table.face_index.max()} but facial_faces has {len(facial_faces)} rows")
+    return table.covered & facial_faces[np.where(table.covered, table.face_index, 0)]
 
 
 @functools.lru_cache(maxsize=8)
 def _template_facial_mask(size: int) -> np.ndarray:
-    from mvfr.template import load_template
+    from mvfr.face_model import load_face_model
 
-    t = load_template()
-    return build_facial_mask(template_uv_table(size), t.uvs, t.face_uvs)
+    return build_facial_mask(template_uv_table(size), load_face_model().facial)
 
 
 def facial_mask(size: int) -> np.ndarray:
     """The template's facial region at S = ``size``, computed: [S, S] bool (row 0 is v = 1).
 
-    Covered texels minus the eye openings and the mouth opening, eroded by 2 / 256 in uv (2 texels at
-    S = 256) from the outer rim and from the eye and inner-lip contours (see :func:`build_facial_mask`).
+    The texels of the base model's facial triangles (:attr:`mvfr.face_model.FaceModel.facial`: the
+    scans' facial region, forehead to the neck fold and ear to ear, with the eyes, the mouth and the
+    nostrils closed by their fills): one region without holes; the model's margin lies around it.
     Used for losses and metrics. A fresh copy (the computation is cached).
     """
     return _template_facial_mask(_check_size(size)).copy()

@@ -35,15 +35,14 @@ def tiny_data(tmp_path_factory) -> Path:
     """The suite's tiny datasets: fabricated IF/regulariser training faces (test_texture; with the
     template as base mesh) and texture/displacement pairs (test_dpmap)."""
     from test_dpmap import _tiny_dataset
-    from test_texture import fabricate_dataset
+    from test_texture import fabricate_dataset, template_cm
 
     from mvfr.datafolder import DataFolder
     from mvfr.mesh_io import Mesh, write_obj
-    from mvfr.template import load_template
 
     root = tmp_path_factory.mktemp("ddp")
     fabricate_dataset(root / "data", S=24, D=D, interval_mm=INTERVAL_MM, views=3, image_size=64)
-    folder, t = DataFolder(root / "data"), load_template()
+    folder, t = DataFolder(root / "data"), template_cm()
     for fid in folder.face_ids("train"):
         write_obj(folder.fit_mesh(fid), Mesh(t.vertices, t.faces))
     (root / "dp").mkdir()

@@ -1,31 +1,50 @@
-"""Template fitting: similarity, Loop subdivision with uvs, robust ARAP fit, landmarks -> base mesh."""
+"""Base-model fitting: similarity, model weights, smooth correction, landmarks -> base mesh."""
 
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
 from mvfr.camera import project_points
+from mvfr.face_model import load_face_model
 from mvfr.fitting import (
     apply_similarity,
-    fit_template,
-    loop_subdivision,
+    fit_face_model,
+    mm_per_unit_from_fit,
     reconstruct_base_mesh,
     robust_similarity,
+    smooth_correction,
     umeyama,
 )
 from mvfr.mesh_io import Mesh, vertex_normals
-from mvfr.template import load_template
+from mvfr.subdivision import loop_subdivision, mesh_edges
+from mvfr.template import load_canonical_face
 from tests.test_triangulation import ring_cameras
 
-S_TRUE, R_TRUE, T_TRUE = 4.2, Rotation.from_euler("xyz", [10, -25, 5], degrees=True).as_matrix(), np.array([1.0, -3.0, 2.0])
+# capture units: 1 unit = 1 / S_TRUE mm (S_TRUE units per mm)
+S_TRUE, R_TRUE, T_TRUE = 0.42, Rotation.from_euler("xyz", [10, -25, 5], degrees=True).as_matrix(), np.array([1.0, -3.0, 2.0])
+MM_PER_UNIT = 1.0 / S_TRUE
 
 
-def warped_template(amount=1.0):
-    """The template (cm) bent smoothly (identity-like change), then moved by the true similarity."""
-    v = load_template().vertices.copy()
-    v[:, 2] += amount * 0.6 * np.sin(v[:, 0] / 4.0) + amount * 0.02 * v[:, 1] ** 2 / 4
-    v[:, 0] *= 1.0 + 0.05 * amount
+def true_face(bend_mm=0.0, seed=0):
+    """A face in the base model's topology (capture units): random model weights (an in-span shape),
+    plus a smooth bend of ``bend_mm`` that no model weight makes, moved by the true similarity."""
+    m = load_face_model()
+    rng = np.random.default_rng(seed)
+    e = np.zeros(len(m.expression))
+    e[m.expression_names.index("jawOpen")] = 0.3
+    e[m.expression_names.index("mouthSmile_L")] = 0.6
+    v = m.shape(rng.normal(0, 1, len(m.identity)), e)
+    v[:, 2] += bend_mm * np.sin(v[:, 0] / 40.0) + bend_mm * (v[:, 1] / 100.0) ** 2
     return apply_similarity(v, S_TRUE, R_TRUE, T_TRUE)
+
+
+def facial_vertices():
+    m = load_face_model()
+    return np.unique(m.faces[m.facial & ~m.fill])
+
+
+def vertex_error_mm(mesh_vertices, truth):
+    return np.linalg.norm(mesh_vertices - truth, axis=1)[facial_vertices()] * MM_PER_UNIT
 
 
 def test_umeyama_known_answer_and_robust_version():
@@ -46,29 +65,25 @@ def test_umeyama_known_answer_and_robust_version():
 
 
 def test_loop_subdivision_counts_uvs_and_reference():
-    tpl = load_template()
+    tpl = load_canonical_face()
+    n = len(tpl.vertices)
     one = loop_subdivision(tpl, 1)
-    n_edges = len(np.unique(np.sort(np.concatenate([tpl.faces[:, [0, 1]], tpl.faces[:, [1, 2]], tpl.faces[:, [2, 0]]]), 1), axis=0))
-    assert one.vertices.shape == (468 + n_edges, 3) and one.faces.shape == (4 * 898, 3)
+    edges, _ = mesh_edges(tpl.faces)
+    assert one.vertices.shape == (n + len(edges), 3) and one.faces.shape == (4 * len(tpl.faces), 3)
     # uvs are linear: edge uvs are midpoints, old uvs unchanged, uv orientation kept (all CCW)
-    np.testing.assert_allclose(one.uvs[:468], tpl.uvs)
+    np.testing.assert_allclose(one.uvs[:n], tpl.uvs)
     uv = one.uvs[one.face_uvs]
     e1, e2 = uv[:, 1] - uv[:, 0], uv[:, 2] - uv[:, 0]
-    area = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
-    assert (area > 0).all()
+    assert (e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0] > 0).all()
     # the smooth surface has no crease: normals of neighbouring faces agree better than the template's
-    two = loop_subdivision(tpl, 2)
-    assert _max_dihedral_deg(two) < 0.6 * _max_dihedral_deg(tpl)
+    assert _max_dihedral_deg(loop_subdivision(tpl, 2)) < 0.6 * _max_dihedral_deg(tpl)
     # a flat mesh stays flat (boundary rules included) and the masks are a partition of unity
-    flat = Mesh(np.c_[tpl.uvs, np.zeros(468)], tpl.faces, tpl.uvs, tpl.face_uvs)
+    flat = Mesh(np.c_[tpl.uvs, np.zeros(n)], tpl.faces, tpl.uvs, tpl.face_uvs)
     assert np.abs(loop_subdivision(flat, 2).vertices[:, 2]).max() < 1e-12
     # agrees with a slow, obvious per-vertex / per-edge implementation
     ref = _loop_reference(tpl.vertices, tpl.faces)
-    assert np.abs(one.vertices[:468] - ref[0]).max() < 1e-12
-    from mvfr.fitting import mesh_edges
-
-    edges, _ = mesh_edges(tpl.faces)
-    got = {tuple(e): one.vertices[468 + i] for i, e in enumerate(edges)}
+    assert np.abs(one.vertices[:n] - ref[0]).max() < 1e-12
+    got = {tuple(e): one.vertices[n + i] for i, e in enumerate(edges)}
     assert max(np.abs(got[e] - p).max() for e, p in ref[1].items()) < 1e-12
 
 
@@ -109,7 +124,7 @@ def _max_dihedral_deg(mesh):
 
     fn = face_normals(mesh.vertices, mesh.faces)
     he = np.sort(np.stack([mesh.faces, np.roll(mesh.faces, -1, 1)], -1).reshape(-1, 2), 1)
-    _, inv, cnt = np.unique(he, axis=0, return_inverse=True, return_counts=True)
+    _, inv = np.unique(he, axis=0, return_inverse=True)
     inv = inv.ravel()
     face = np.repeat(np.arange(len(mesh.faces)), 3)
     order = np.argsort(inv, kind="stable")
@@ -120,67 +135,100 @@ def _max_dihedral_deg(mesh):
     return float(np.degrees(np.arccos(cos)).max())
 
 
-def test_fit_exact_target_passes_through_landmarks():
-    target = warped_template(0.0)
-    fit = fit_template(target, np.ones(468), load_template())
-    assert fit.similarity[0] == pytest.approx(S_TRUE, rel=1e-6)
-    np.testing.assert_allclose(fit.mesh.vertices[:468], target, atol=1e-8)  # subdivided vertex i = landmark i
-    assert fit.mesh.uvs is not None and fit.mesh.uvs.shape == (len(fit.mesh.vertices), 2)
+def test_smooth_correction_moves_points_onto_targets_smoothly():
+    """Known answer: a constant offset of every target is followed exactly (it costs no bending); the
+    nose's targets pulled out move the nose, not the far side of the face."""
+    m = load_face_model()
+    V = m.mean.copy()
+    B = m.landmark_operator
+    targets = B @ V + np.array([1.0, -2.0, 0.5])
+    out, w, res = smooth_correction(V, m.faces, B, targets, np.ones(m.num_landmarks), 200.0)
+    np.testing.assert_allclose(out - V, np.broadcast_to([1.0, -2.0, 0.5], V.shape), atol=1e-6)
+    assert res.max() < 1e-6
+    targets = B @ V
+    tip = targets[int(np.argmax(targets[:, 2]))].copy()
+    nose = np.linalg.norm(targets - tip, axis=1) < 15.0
+    targets[nose, 2] += 3.0  # the nose 3 mm forward
+    out, _, _ = smooth_correction(V, m.faces, B, targets, np.ones(m.num_landmarks), 200.0)
+    moved = np.linalg.norm(out - V, axis=1)
+    near = np.linalg.norm(V - tip, axis=1)
+    assert moved[near < 5].min() > 2.0, moved[near < 5].min()  # the tip follows
+    assert moved[near > 70].max() < 0.3, moved[near > 70].max()  # the forehead and the jaw do not
 
 
-def test_fit_follows_smooth_change_and_ignores_one_crazy_landmark():
-    target = warped_template(1.0)
-    tpl = load_template()
-    n = vertex_normals(target, tpl.faces)
-    crazy = target.copy()
-    k = 4  # nose tip area
-    crazy[k] += 5.0 * S_TRUE * n[k]  # 5 cm off the surface
-    good = fit_template(target, np.ones(468), tpl, robust_scale=0.3 * S_TRUE)
-    assert np.abs(good.mesh.vertices[:468] - target).max() < 0.05 * S_TRUE  # follows the warp (< 0.5 mm)
-    robust = fit_template(crazy, np.ones(468), tpl, robust_scale=0.3 * S_TRUE)
-    plain = fit_template(crazy, np.ones(468), tpl, robust_scale=None)
-    err_r = np.linalg.norm(robust.mesh.vertices[:468] - target, axis=1)
-    err_p = np.linalg.norm(plain.mesh.vertices[:468] - target, axis=1)
-    assert err_r.max() < 0.1 * S_TRUE, err_r.max()  # < 1 mm everywhere, the crazy vertex included
-    assert err_p.max() > 5 * err_r.max()  # the non-robust fit is crumpled: the test can fail
+def test_fit_recovers_an_in_span_face_and_its_scale():
+    truth = true_face()
+    m = load_face_model()
+    fit = fit_face_model(m.landmarks(truth), np.ones(m.num_landmarks), m)
+    err = vertex_error_mm(fit.mesh.vertices, truth)
+    assert np.nanmedian(fit.landmark_residuals) * MM_PER_UNIT < 0.5
+    assert err.mean() < 0.6 and np.percentile(err, 95) < 1.5, (err.mean(), np.percentile(err, 95))
+    assert mm_per_unit_from_fit(fit) == pytest.approx(MM_PER_UNIT, rel=0.03)
+    assert fit.mesh.uvs is not None and fit.mesh.faces.shape == m.faces.shape
+    # the mean face alone (no fit of the weights) is far worse: the test can fail
+    mean_only = fit_face_model(m.landmarks(truth), np.ones(m.num_landmarks), m, rounds=0, refine=False)
+    assert vertex_error_mm(mean_only.mesh.vertices, truth).mean() > 2 * err.mean()
+
+
+def test_fit_follows_an_out_of_span_bend_and_ignores_a_crazy_landmark():
+    m = load_face_model()
+    truth = true_face(bend_mm=3.0, seed=1)
+    lm = m.landmarks(truth)
+    n = vertex_normals(truth, m.faces)
+    k = int(np.argmax(lm[:, 1]))  # the highest landmark
+    crazy = lm.copy()
+    crazy[k] += 50.0 / MM_PER_UNIT * m.landmarks(n)[k]  # 5 cm off the surface
+    good = fit_face_model(lm, np.ones(len(lm)), m)
+    no_correction = fit_face_model(lm, np.ones(len(lm)), m, refine=False)
+    e_good = vertex_error_mm(good.mesh.vertices, truth)
+    assert e_good.mean() < 0.8 * vertex_error_mm(no_correction.mesh.vertices, truth).mean()
+    robust = fit_face_model(crazy, np.ones(len(lm)), m)
+    plain = fit_face_model(crazy, np.ones(len(lm)), m, robust_mm=None)
+    e_r = vertex_error_mm(robust.mesh.vertices, truth)
+    e_p = vertex_error_mm(plain.mesh.vertices, truth)
+    assert e_r.mean() < 1.2 * e_good.mean() + 0.05, (e_r.mean(), e_good.mean())
+    near = np.linalg.norm(truth - lm[k], axis=1)[facial_vertices()] * MM_PER_UNIT < 20.0
+    assert e_p[near].max() > 3 * e_r[near].max()  # the non-robust fit is pulled out: the test can fail
     assert robust.weights[k] < 0.01 * np.median(robust.weights)
 
 
-def _synthetic_views(rng, X, V=10, noise_px=1.0, outlier_frac=0.05, hidden_px=25.0):
-    """MediaPipe-like detections: noise, gross outliers, and wrong guesses for landmarks facing away."""
-    K, Rt = ring_cameras(V, radius=60.0 * S_TRUE / 1.0, spread_deg=110.0)
+def _synthetic_views(rng, X, faces, landmarks, V=10, noise_px=1.0, outlier_frac=0.05, hidden_px=25.0):
+    """MediaPipe-like detections of ``landmarks``: noise, gross outliers, wrong guesses where the face turns away."""
+    K, Rt = ring_cameras(V, radius=600.0 * S_TRUE, spread_deg=110.0)
     Rt = Rt.copy()
-    centre = X.mean(0)
+    centre = landmarks.mean(0)
     Rt[:, :, 3] -= np.einsum("vij,j->vi", Rt[:, :, :3], centre)  # cameras look at the face
-    pix, _ = project_points(X[None].repeat(V, 0), K, Rt)
+    pix, _ = project_points(landmarks[None].repeat(V, 0), K, Rt)
     obs = pix + rng.normal(0, noise_px, pix.shape)
-    n = vertex_normals(X, load_template().faces)
+    m = load_face_model()
+    n = m.landmarks(vertex_normals(X, faces))
     C = -np.einsum("vji,vj->vi", Rt[:, :, :3], Rt[:, :, 3])
-    facing = np.einsum("vnk,nk->vn", C[:, None] - X[None], n) > 0
+    facing = np.einsum("vnk,nk->vn", C[:, None] - landmarks[None], n) > 0
     obs[~facing] += rng.normal(0, hidden_px, ((~facing).sum(), 2))
-    out = rng.random((V, len(X))) < outlier_frac
+    out = rng.random((V, len(landmarks))) < outlier_frac
     obs[out] += rng.uniform(30, 80, (out.sum(), 2))
     return obs, K, Rt
 
 
 def test_reconstruct_base_mesh_from_noisy_views():
     rng = np.random.default_rng(3)
-    X = warped_template(1.0)
-    obs, K, Rt = _synthetic_views(rng, X)
+    m = load_face_model()
+    X = true_face(bend_mm=2.0, seed=2)
+    obs, K, Rt = _synthetic_views(rng, X, m.faces, m.landmarks(X))
     scores = np.full(len(K), 0.95)
     scores[0] = 0.1  # an unsure view is left out of the first round
-    res = reconstruct_base_mesh(obs, scores, K, Rt, [(1296, 864)] * len(K), load_template(),
-                                mm_per_unit=10.0 / S_TRUE)
+    res = reconstruct_base_mesh(obs, scores, K, Rt, [(1296, 864)] * len(K), m)
     assert res.first_pass_views == list(range(1, len(K)))
-    err = np.linalg.norm(res.fit.mesh.vertices[:468] - X, axis=1) * 10.0 / S_TRUE  # mm
-    assert np.median(err) < 0.5 and err.max() < 3.0, (np.median(err), err.max())
+    err = vertex_error_mm(res.fit.mesh.vertices, X)
+    assert np.median(err) < 1.0 and np.percentile(err, 95) < 3.0, (np.median(err), np.percentile(err, 95))
     assert np.median(res.triangulation.inlier_errors()) < 1.5
     assert res.triangulation.outliers.sum() > 0  # outliers were found and reported
 
 
 def test_reconstruct_needs_two_views():
-    X = warped_template(0.0)
-    obs, K, Rt = _synthetic_views(np.random.default_rng(0), X, V=3)
+    m = load_face_model()
+    X = true_face()
+    obs, K, Rt = _synthetic_views(np.random.default_rng(0), X, m.faces, m.landmarks(X), V=3)
     obs[1:] = np.nan
     with pytest.raises(ValueError, match="only 1 view"):
-        reconstruct_base_mesh(obs, np.ones(3), K, Rt, [(1296, 864)] * 3, load_template())
+        reconstruct_base_mesh(obs, np.ones(3), K, Rt, [(1296, 864)] * 3, m)

@@ -5,7 +5,7 @@ import pytest
 import skimage.data
 
 from mvfr.landmarks import FaceLandmarkDetector, inter_ocular_distance, mirror_landmark_index
-from mvfr.template import load_template
+from mvfr.template import load_canonical_face
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def test_mirror_index_is_an_involution_pairing_known_landmarks():
     assert (idx[idx] == np.arange(468)).all()
     assert idx[33] == 263 and idx[263] == 33  # outer eye corners
     assert idx[1] == 1 and idx[152] == 152  # nose tip and chin lie on the symmetry plane
-    v = load_template().vertices
+    v = load_canonical_face().vertices
     np.testing.assert_allclose(v[idx] * [-1, 1, 1], v, atol=1e-9)
 
 

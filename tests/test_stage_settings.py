@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_texture import fabricate_dataset, run_script
+from test_texture import fabricate_dataset, run_script, template_cm
 
 D, INTERVAL = 21, 0.5
 
@@ -21,11 +21,10 @@ def if_data(tmp_path_factory):
     import train_if
     from mvfr.datafolder import DataFolder
     from mvfr.mesh_io import Mesh, write_obj
-    from mvfr.template import load_template
 
     root = tmp_path_factory.mktemp("settings") / "data"
     fabricate_dataset(root, S=24, D=D, interval_mm=INTERVAL, views=4, image_size=64)
-    folder, t = DataFolder(root), load_template()
+    folder, t = DataFolder(root), template_cm()
     for split in ("train", "eval"):
         for fid in folder.face_ids(split):
             write_obj(folder.fit_mesh(fid), Mesh(t.vertices, t.faces))

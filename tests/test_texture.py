@@ -153,6 +153,19 @@ def procedural_texture(T: int) -> np.ndarray:
     return np.clip(np.rint(tex), 0, 255).astype(np.uint8)
 
 
+def template_cm():
+    """The template (the base model's mean face, mm) in cm, centred at (0, 0, 2): the fabricated datasets'
+    base surface, in capture units of 10 mm."""
+    from mvfr.mesh_io import Mesh
+    from mvfr.template import load_template
+
+    t = load_template()
+    v = t.vertices * 0.1
+    lo, hi = v.min(0), v.max(0)
+    v = v - 0.5 * (lo + hi) + np.array([0.0, 0.0, 2.0 - 0.5 * (hi[2] - lo[2])])
+    return Mesh(v, t.faces, t.uvs, t.face_uvs)
+
+
 def fabricate_dataset(root, S=32, D=31, interval_mm=0.5, views=5, image_size=128, noise=0.05, seed=0):
     """A DATA_FOLDER with the template as base surface (cm, mm_per_unit 10), a known smooth GT
     displacement, IF-like score volumes (GT Gaussian + distractor + noise), and photographs of the
@@ -163,14 +176,13 @@ def fabricate_dataset(root, S=32, D=31, interval_mm=0.5, views=5, image_size=128
     from mvfr.mvs.face_inputs import search_mask
     from mvfr.mesh_io import vertex_normals
     from mvfr.mvs.geometry import half_range, step_offsets
-    from mvfr.template import load_template
     from mvfr.uv_rasterizer import template_uv_table, interpolate_attribute
 
     folder = DataFolder(root)
     ids = {"train": ["001_01", "002_01"], "eval": ["003_01"]}
     save_json(folder.id_json, ids)
     rng = np.random.default_rng(seed)
-    t = load_template()
+    t = template_cm()
     table = template_uv_table(S)
     pos = interpolate_attribute(table, t.faces, t.vertices.astype(np.float32))
     nrm = interpolate_attribute(table, t.faces, vertex_normals(t.vertices, t.faces).astype(np.float32))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mvfr.camera import project_points
-from mvfr.template import load_template
+from mvfr.template import load_canonical_face
 from mvfr.triangulation import (
     dlt_triangulate,
     landmark_record,
@@ -83,7 +83,7 @@ def test_robust_triangulation_recovers_points_with_20pct_gross_outliers():
     rng = np.random.default_rng(7)
     V, N = 10, 468
     K, Rt = ring_cameras(V)
-    tpl = load_template()
+    tpl = load_canonical_face()
     X = tpl.vertices * 0.9 + rng.normal(0, 0.05, (N, 3))
     pix, _ = project_points(X[None].repeat(V, 0), K, Rt)
     obs = pix + rng.normal(0, 1.0, pix.shape)

@@ -12,10 +12,6 @@ def template():
     return load_template()
 
 
-def _contour_centre_uv(template, contour):
-    return template.uvs[list(contour)].mean(axis=0)
-
-
 # ------------------------------------------------------------------------------------------ table
 
 
@@ -160,59 +156,52 @@ def test_interpolate_bad_input_raises(template):
 # ---------------------------------------------------------------------------------- facial mask
 
 
-def test_hole_contours_match_mediapipe_connections():
-    fl = pytest.importorskip("mediapipe.tasks.python.vision.face_landmarker")
-    conn = fl.FaceLandmarksConnections
-
-    def edges(connections):
-        return {frozenset((c.start, c.end)) for c in connections}
-
-    def loop_edges(loop):
-        return {frozenset((a, b)) for a, b in zip(loop, loop[1:] + loop[:1])}
-
-    assert loop_edges(R.RIGHT_EYE_CONTOUR) == edges(conn.FACE_LANDMARKS_RIGHT_EYE)
-    assert loop_edges(R.LEFT_EYE_CONTOUR) == edges(conn.FACE_LANDMARKS_LEFT_EYE)
-    assert loop_edges(R.INNER_LIP_CONTOUR) <= edges(conn.FACE_LANDMARKS_LIPS)
-
-
-def test_template_closes_each_contour_with_n_minus_2_faces(template):
-    holes = R.hole_faces(template.faces)
-    assert len(holes) == sum(len(c) - 2 for c in R.HOLE_CONTOURS)
-
-
 @pytest.mark.parametrize("size", [64, 256])
-def test_facial_mask_properties(template, size):
+def test_facial_mask_is_one_region_without_holes(size):
+    """The whole face, closed: the facial texels form one region with no hole (the eyes, the mouth and
+    the nostrils are covered by the base model's fills), inside the covered texels, with the model's
+    margin around it; the searched region (the mask and a rim) has no hole either."""
+    from scipy import ndimage
+
+    from mvfr.face_model import load_face_model
+    from mvfr.mvs.face_inputs import search_region
+
+    m = load_face_model()
     mask = R.facial_mask(size)
     covered = R.template_uv_table(size).covered
     assert mask.shape == (size, size) and mask.dtype == bool
-    assert mask.any()
     assert not (mask & ~covered).any()  # subset of the covered texels
-    assert mask.sum() > 0.85 * covered.sum()  # erosion and holes remove only a thin part
-    for contour in R.HOLE_CONTOURS:  # eye and mouth centres are cut out
-        centre = _contour_centre_uv(template, contour)
-        assert R.lookup_nearest(covered, centre[None])[0]
-        assert not R.lookup_nearest(mask, centre[None])[0]
-    # A point between the eyes and the mouth (the nose) is in.
-    nose = template.uvs[[1, 4]].mean(axis=0)
-    assert R.lookup_nearest(mask, nose[None])[0]
+    assert 0.7 * covered.sum() < mask.sum() < covered.sum()  # the margin is a thin ring around it
+    labels, count = ndimage.label(mask)
+    assert count == 1
+    np.testing.assert_array_equal(ndimage.binary_fill_holes(mask), mask)
+    searched = search_region(size)
+    assert not (mask & ~searched).any()
+    np.testing.assert_array_equal(ndimage.binary_fill_holes(searched), searched)
+    # every fill vertex (eyes, mouth, nostrils) lies in the mask; so does the nose tip's landmark
+    fill_uv = m.uvs[m.ict_vertex < 0]
+    assert len(fill_uv) > 100 and R.lookup_nearest(mask, fill_uv).all()
+    # the margin (covered, not facial) touches the chart's rim: it surrounds the region
+    rim = covered & ~ndimage.binary_erosion(covered)
+    assert (rim & ~mask).sum() > 0.9 * rim.sum()
 
 
-def test_facial_mask_is_eroded_from_the_rim(template):
+def test_facial_mask_follows_the_facial_triangles():
+    """Known answer: the texel at a facial triangle's uv centroid is in the mask, a margin triangle's is out
+    (for triangles large enough to hold the texel centre)."""
+    from mvfr.face_model import load_face_model
+
+    m = load_face_model()
     size = 256
     mask = R.facial_mask(size)
-    covered = R.template_uv_table(size).covered
-    edges = R.boundary_edges(template.faces)
-    a, b = template.uvs[edges[:, 0]], template.uvs[edges[:, 1]]
-    p = R.texel_centres_uv(size)[mask][:, None, :] - a[None]
-    d = b - a
-    t = np.clip((p * d).sum(-1) / (d * d).sum(-1), 0.0, 1.0)
-    dist = np.linalg.norm(p - t[..., None] * d, axis=-1).min(axis=1)
-    assert dist.min() >= R.FACIAL_MASK_MARGIN_UV
-    # The rim ring removed is about 2 texels wide: covered texels next to the background are all out,
-    # and the mask reaches within 3 texels of the rim.
-    assert dist.min() < 3.0 / size
-    outer = covered & ~np.pad(covered, 1)[2:, 1:-1] | covered & ~np.pad(covered, 1)[:-2, 1:-1]
-    assert outer.any() and not (mask & outer).any()
+    table = R.template_uv_table(size)
+    centroid = m.uvs[m.faces].mean(1)
+    col, row = np.floor(R.uv_to_texel(centroid, size) + 0.5).astype(int).T
+    hit = table.face_index[row, col] == np.arange(len(m.faces))  # the texel centre lies in that triangle
+    assert hit.sum() > 1000
+    np.testing.assert_array_equal(mask[row[hit], col[hit]], m.facial[hit])
+    with pytest.raises(ValueError, match="facial_faces"):
+        R.build_facial_mask(table, m.facial[:10])
 
 
 def test_shipped_png_equals_computed_mask():

@@ -47,6 +47,7 @@ class SynthOptions:
     layout: str | None = None  # rig layout (rig.LAYOUTS); None: drawn per capture
     mixed_sizes: bool = False  # image sizes drawn per camera between 0.5 and 12 MP
     identity_scale: float = 1.0  # std of the identity weights
+    shape_noise_mm: float = 2.0  # RMS of each person's smooth shape field beyond the ICT span (head.shape_field)
     detail_gain: float = 1.0  # scales the mesoscopic detail (0: none)
     scan_level: int = head.SCAN_LEVEL  # Loop levels of the scan's skin (2 is quicker, for tests)
 
@@ -79,10 +80,11 @@ class Person:
     textures: dict  # face/head albedo (linear float32) and specular maps
     colors: np.ndarray  # [V, 3] linear RGB of the non-skin parts
     spec: np.ndarray  # [V]
+    shape_offset: np.ndarray  # [V, 3] mm, the person's shape beyond the ICT span (head.shape_field)
 
 
 @functools.lru_cache(maxsize=4)
-def _person(seed: int, pid: int, albedo_size: int, identity_scale: float) -> Person:
+def _person(seed: int, pid: int, albedo_size: int, identity_scale: float, shape_noise_mm: float = 0.0) -> Person:
     m = ict.load_model()
     rng = np.random.default_rng([seed, pid, 11])
     w = ict.sample_identity_weights(rng, len(m.identity), identity_scale)
@@ -98,8 +100,9 @@ def _person(seed: int, pid: int, albedo_size: int, identity_scale: float) -> Per
         "head_spec": skin.head_specular(m, params, max(albedo_size // 2, 64), tex_rng),
     }
     colors, spec = skin.part_colors(m, params, np.random.default_rng([seed, pid, 14]), neutral)
-    layout = meso.sample_layout(m, neutral, np.random.default_rng([seed, pid, 15]), age)
-    return Person(w, params, layout, age, textures, colors, spec)
+    offset = head.shape_field(neutral, np.random.default_rng([seed, pid, 16]), shape_noise_mm)
+    layout = meso.sample_layout(m, neutral + offset, np.random.default_rng([seed, pid, 15]), age)
+    return Person(w, params, layout, age, textures, colors, spec, offset)
 
 
 def _background(H: int, W: int, rng: np.random.Generator) -> np.ndarray:
@@ -245,8 +248,9 @@ def capture_plan(pid: int, eid: int, opt: SynthOptions) -> CapturePlan:
 def face_head(pid: int, eid: int, opt: SynthOptions) -> tuple[Person, CapturePlan, np.ndarray]:
     """The person, plan and coarse ICT vertices ``[V, 3]`` mm of ``PPP_EE`` (no detail map: cheap)."""
     plan = capture_plan(pid, eid, opt)  # validates eid
-    person = _person(opt.seed, pid, opt.albedo_size, float(opt.identity_scale))
-    return person, plan, ict.load_model().head(person.identity_weights, plan.expression_weights)
+    person = _person(opt.seed, pid, opt.albedo_size, float(opt.identity_scale), float(opt.shape_noise_mm))
+    coarse = ict.load_model().head(person.identity_weights, plan.expression_weights) + person.shape_offset
+    return person, plan, coarse
 
 
 def face_detail(pid: int, eid: int, opt: SynthOptions) -> tuple[Person, CapturePlan, np.ndarray, np.ndarray]:

@@ -21,9 +21,8 @@ So landmark i is "where the detector puts landmark i on a well-lit ICT face", av
 identities, and then moves with the ICT surface through every identity and expression: on a scan it
 lies exactly on the surface (:func:`landmarks_on_scan`).
 
-The dense map from the template UV to the ICT face-area uv (:func:`template_to_ict_uv`) follows
-from the same 468 points: a template texel's 3D point (barycentric in its template triangle, whose
-corners sit at the corresponding points on the mean ICT head) is snapped to the mean head's face area.
+The dense map from the template UV to the ICT face-area uv (:func:`template_to_ict_uv`) is exact: the
+template is the base model (:mod:`mvfr.face_model`), made of the ICT face area's own triangles.
 """
 
 from __future__ import annotations
@@ -130,24 +129,22 @@ def landmarks_on_scan(scan: head.ScanGeometry, level: int = head.SCAN_LEVEL) -> 
 # ---------------------------------------------------------------------------- template UV -> ICT
 @functools.lru_cache(maxsize=4)
 def template_to_ict_uv(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """For every texel of an S x S template-UV map: its ICT face-tile uv ``[S, S, 2]`` and ``covered [S, S]``."""
-    from mvfr.template import load_template
-    from mvfr.uv_rasterizer import build_uv_table
+    """For every texel of an S x S template-UV map: its ICT face-tile uv ``[S, S, 2]`` and ``covered [S, S]``.
 
-    m = ict.load_model()
-    tmpl = load_template()
-    table = build_uv_table(tmpl.uvs, tmpl.face_uvs, size)
-    tri, bary = load_correspondence()
-    neutral = m.head()
-    anchors = surface_points(neutral, tri, bary)  # template vertex i on the mean head
-    cov = table.covered
+    Exact: the template is the base model (:mod:`mvfr.face_model`), whose skin triangles are ICT
+    triangles, so a texel's ICT uv is its barycentric blend of its triangle's ICT uvs. Texels of the
+    fills (eyes, mouth, nostrils: no ICT skin) are not covered."""
+    from mvfr.face_model import load_face_model
+    from mvfr.uv_rasterizer import template_uv_table
+
+    fm = load_face_model()
+    table = template_uv_table(size)
+    cov = table.covered & ~fm.fill[np.where(table.covered, table.face_index, 0)]
     fidx = table.face_index[cov]
-    pts = np.einsum("nk,nkc->nc", table.bary[cov], anchors[tmpl.faces[fidx]])
-    t2, b2 = snap_to_face(neutral, pts)
-    uv = np.einsum("nk,nkc->nc", b2, m.uv[m.faces_uv[t2]])
+    uv = np.einsum("nk,nkc->nc", table.bary[cov], fm.ict_uv[fm.faces[fidx]])
     out = np.zeros((size, size, 2))
     out[cov] = uv
-    return out, cov.copy()
+    return out, cov
 
 
 def template_dpmap(h: np.ndarray, size: int) -> np.ndarray:

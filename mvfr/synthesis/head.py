@@ -39,6 +39,13 @@ SOLID_LEVEL = 1
 # the head a frontal face scan covers. (The full face area adds the ears and the front of the neck.)
 REGION_QUADS = (0, 6559)
 REGION_EXCLUDE_BELOW_CHIN_MM = 25.0  # the neck below the chin is not face
+# The nostril interiors are not face either: no scanner sees them. They are the face-area triangles near the
+# nose tip that no direction of a face scanner's cameras (yaw within +-NOSTRIL_YAW_DEG, pitch within
+# NOSTRIL_PITCH_DEG) sees on the mean head (:func:`nostril_interior_triangles`).
+NOSTRIL_RADIUS_MM = 30.0
+NOSTRIL_YAW_DEG = 80.0
+NOSTRIL_PITCH_DEG = (-25.0, 25.0)
+NOSTRIL_MIN_VIEWS = 3
 
 
 def vertex_face_incidence(faces: np.ndarray, num_vertices: int):
@@ -123,6 +130,78 @@ def part_subdivision(parts: tuple[str, ...], levels: int) -> PartSubdivision:
     return PartSubdivision(vids, sub.S, sub.M, sub.faces, sub.face_uvs, uvs, coarse_face)
 
 
+@functools.lru_cache(maxsize=1)
+def nostril_interior_triangles() -> np.ndarray:
+    """ICT triangle ids ``[K]`` of the face area inside the nostrils (see :data:`NOSTRIL_RADIUS_MM`).
+
+    On the mean head, a face-area triangle within :data:`NOSTRIL_RADIUS_MM` of the nose tip (the face
+    area's most forward vertex) is inside a nostril when, from its centroid, fewer than
+    :data:`NOSTRIL_MIN_VIEWS` of 17 x 6 directions (yaw within +-:data:`NOSTRIL_YAW_DEG`, pitch within
+    :data:`NOSTRIL_PITCH_DEG`: the synthetic rigs' range) both face its front side and reach the open air
+    past the skin, eyes and teeth (embree rays): too few cameras to reconstruct it. The same triangles for
+    every head: the set belongs to the topology, like the rest of the region.
+    """
+    from mvfr.visibility import RayCaster
+
+    m = ict.load_model()
+    neutral = m.head()
+    face_ids = np.flatnonzero(m.part_faces("face"))
+    face_vertices = np.unique(m.faces[face_ids])
+    tip = neutral[face_vertices[np.argmax(neutral[face_vertices, 2])]]
+    tri = neutral[m.faces[face_ids]]
+    near = np.linalg.norm(tri.mean(1) - tip, axis=1) < NOSTRIL_RADIUS_MM
+    cand, tri = face_ids[near], tri[near]
+    c = tri.mean(1)
+    n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-30)
+    yaw = np.radians(np.linspace(-NOSTRIL_YAW_DEG, NOSTRIL_YAW_DEG, 17))
+    pitch = np.radians(np.linspace(*NOSTRIL_PITCH_DEG, 6))
+    yy, pp = np.meshgrid(yaw, pitch, indexing="ij")
+    dirs = np.stack([np.sin(yy) * np.cos(pp), np.sin(pp), np.cos(yy) * np.cos(pp)], -1).reshape(-1, 3)
+    occluders = m.faces[np.concatenate([part_face_selection(SKIN_PARTS), part_face_selection(SOLID_PARTS)])]
+    caster = RayCaster(neutral, occluders)
+    facing = n @ dirs.T > 0.05  # [K, D]
+    k, d = np.nonzero(facing)
+    origins = c[k] + 0.05 * n[k]
+    free = ~caster.any_hit(origins, dirs[d])
+    seen = np.bincount(k[free], minlength=len(cand))
+    return cand[seen < NOSTRIL_MIN_VIEWS]
+
+
+SHAPE_BUMPS = 24
+SHAPE_SIGMA_MM = (15.0, 40.0)
+
+
+def shape_field(neutral: np.ndarray, rng: np.random.Generator, rms_mm: float) -> np.ndarray:
+    """A smooth random displacement ``[V, 3]`` mm of a head, so that synthetic heads leave the ICT model's span.
+
+    ``neutral [V, 3]`` mm: the identity without expression (the field belongs to the person: evaluated
+    there, the same vertex offsets are added under every expression). :data:`SHAPE_BUMPS` Gaussian bumps
+    centred on random face-area vertices, each of width (std) drawn in :data:`SHAPE_SIGMA_MM` and a normal
+    amplitude ``N(0, 1)`` along its centre's normal, summed over the skin; the sum is scaled to an RMS of
+    ``rms_mm`` over the face area (0: no field). The eyeballs, teeth, gums and tongue move rigidly by
+    their part's mean offset, so the eyes stay round inside the lids.
+    """
+    out = np.zeros_like(neutral, dtype=np.float64)
+    if rms_mm <= 0:
+        return out
+    m = ict.load_model()
+    skin = part_face_selection(SKIN_PARTS)
+    face = np.unique(m.faces[m.part_faces("face")])
+    normals = fast_vertex_normals(neutral, m.faces[skin])
+    centres = rng.choice(face, SHAPE_BUMPS, replace=False)
+    sigma = rng.uniform(*SHAPE_SIGMA_MM, SHAPE_BUMPS)
+    amp = rng.normal(0.0, 1.0, SHAPE_BUMPS)
+    d2 = ((neutral[:, None, :] - neutral[centres][None]) ** 2).sum(-1)  # [V, K]
+    g = np.exp(-0.5 * d2 / sigma**2) * amp
+    out = g @ normals[centres]
+    out *= rms_mm / max(float(np.sqrt((out[face] ** 2).sum(1).mean())), 1e-12)
+    for part in SOLID_PARTS:
+        a, b = ict.PART_VERTICES[part]
+        out[a : b + 1] = out[a : b + 1].mean(0)
+    return out
+
+
 def chin_y(coarse: np.ndarray) -> float:
     """y (mm) of the chin (the model's iBUG-68 landmark 8) of coarse ICT vertices ``[V, 3]``."""
     return float(coarse[ict.load_model().landmarks68[8], 1])
@@ -164,7 +243,9 @@ def build_scan(coarse: np.ndarray, height_fn=None, chin_y: float | None = None, 
     uvs.append(skin.vertex_uvs)
     on_face = np.zeros(len(P), dtype=bool)
     quad = m.face_quad[skin.coarse_face]
-    on_face[skin.faces[(quad >= REGION_QUADS[0]) & (quad <= REGION_QUADS[1])].ravel()] = True
+    in_region = (quad >= REGION_QUADS[0]) & (quad <= REGION_QUADS[1])
+    in_region &= ~np.isin(skin.coarse_face, nostril_interior_triangles())
+    on_face[skin.faces[in_region].ravel()] = True
     if chin_y is not None:
         on_face &= P[:, 1] > chin_y - REGION_EXCLUDE_BELOW_CHIN_MM
     region.append(on_face)

@@ -19,7 +19,7 @@ import functools
 
 import numpy as np
 
-from mvfr.template import TEMPLATE_MM_PER_UNIT, load_canonical_face
+from mvfr.template import CANONICAL_MM_PER_UNIT, load_canonical_face
 from mvfr.subdivision import Subdivision, subdivision
 
 N_FACE = 468
@@ -64,7 +64,7 @@ class Identity:
 @functools.lru_cache(maxsize=1)
 def template_mm() -> np.ndarray:
     """Template vertices [468, 3] in mm (head frame)."""
-    return load_canonical_face().vertices * TEMPLATE_MM_PER_UNIT
+    return load_canonical_face().vertices * CANONICAL_MM_PER_UNIT
 
 
 @functools.lru_cache(maxsize=1)
