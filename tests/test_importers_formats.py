@@ -270,7 +270,7 @@ def test_skew_is_carried_through_undistortion_and_point_distortion():
 # ------------------------------------------------------------- 4. the original NeRF's files
 
 
-def test_original_nerf_transforms_take_the_size_from_the_image(tmp_path):
+def test_original_nerf_transforms_take_the_size_from_the_image(tmp_path, caplog):
     cams = {v: Camera(c.K, c.Rt, 80, 80, np.zeros(5)) for v, c in tiny_rig(3, 80, 80).items()}
     angle = 0.6911112070083618  # camera_angle_x as Blender's NeRF scenes write it
     f = 0.5 * 80 / np.tan(0.5 * angle)
@@ -280,7 +280,9 @@ def test_original_nerf_transforms_take_the_size_from_the_image(tmp_path):
     p.write_text(json.dumps({"camera_angle_x": angle, "frames": frames}))
     write_images(cams, tmp_path / "scene", [f"train/r_{i}" for i in range(3)], ".png")
     write_images(cams, tmp_path / "scene", [f"test/r_{i}" for i in range(3)], ".png")  # another split: ignored
-    assert run_import(tmp_path / "raw", "--transforms", p, "--images", tmp_path / "scene") == 0
+    with caplog.at_level(logging.WARNING):
+        assert run_import(tmp_path / "raw", "--transforms", p, "--images", tmp_path / "scene") == 0
+    assert "3 image(s) in folders that hold no camera's image are ignored: test/r_0.png" in caplog.text
     got = read_params(RawFolder(tmp_path / "raw").params(FID))
     assert sorted(got) == ["r_0", "r_1", "r_2"]
     for i, c in enumerate(cams.values()):

@@ -23,11 +23,14 @@ cameras (EasyMocap) gives the view name itself.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import PurePosixPath
 
 import numpy as np
 
 from mvfr.camera import Camera, CameraError, validate_extrinsics, validate_intrinsics
+
+log = logging.getLogger(__name__)
 
 
 class CaptureImportError(CameraError):
@@ -225,7 +228,12 @@ def match_images(cameras: list[ImportedCamera], image_files: list[str], where: s
         out[v] = hit
     ignored = {h for rec in skipped if (h := _resolve(rec, index)) is not None}
     folders = {PurePosixPath(f).parent for f in out.values()}
-    unused = sorted(f for f in set(files) - set(out.values()) - ignored if PurePosixPath(f).parent in folders)
+    rest = sorted(set(files) - set(out.values()) - ignored)
+    unused = [f for f in rest if PurePosixPath(f).parent in folders]
+    elsewhere = [f for f in rest if PurePosixPath(f).parent not in folders]
+    if elsewhere:
+        log.warning("%s: %d image(s) in folders that hold no camera's image are ignored: %s%s", image_dir,
+                    len(elsewhere), ", ".join(elsewhere[:5]), " ..." if len(elsewhere) > 5 else "")
     if unused:
         raise CaptureImportError(f"{image_dir}: image(s) {unused[:5]}{' ...' if len(unused) > 5 else ''} have no camera in "
                                  f"{where} (not registered/aligned?); remove them from the folder or calibrate them")
