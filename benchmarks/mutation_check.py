@@ -104,6 +104,13 @@ MUTATIONS = [
         "stride-2 features read as if sample i were centred on pixel 2i + 0.5 (the old rule)",
     ),
     Mutation(
+        "c2f-window", "mvfr/mvs/search.py",
+        "j = torch.arange(-((prev - 1) // s), (prev - 1) // s + 1, device=device) * s",
+        "j = torch.arange(-((prev - 1) // s) + 1, (prev - 1) // s, device=device) * s",
+        (IF + "::test_coarse_to_fine_equals_full_on_single_peak[9-strides2]",),
+        "each finer search level looks one stride less far around the coarser peak (here only the D = 9 case)",
+    ),
+    Mutation(
         "photometric-shared-gain", "mvfr/training.py",
         "g = 1.0 + u(V, 3, 1, 1) * colour_gain", "g = 1.0 + u(1, 3, 1, 1) * colour_gain",
         (IF + "::test_photometric_augment_range_and_per_view",),
