@@ -1,6 +1,7 @@
 """Mutation check: break known lines of the code one at a time and see which tests notice.
 
-Usage: python benchmarks/mutation_check.py [--only NAME ...] [--list] [--no-baseline] [--revision REV | --working_tree] [--keep]
+Usage: python benchmarks/mutation_check.py [--only NAME ...] [--list] [--no-baseline]
+                                           [--revision REV | --working_tree] [--keep]
 
 Each mutation replaces one exact piece of one file (it must occur exactly once, else the mutation is
 reported as stale: the code moved on and the list needs updating) and runs the tests named for it.
@@ -109,6 +110,12 @@ MUTATIONS = [
         "j = torch.arange(-((prev - 1) // s) + 1, (prev - 1) // s, device=device) * s",
         (IF + "::test_coarse_to_fine_equals_full_on_single_peak[9-strides2]",),
         "each finer search level looks one stride less far around the coarser peak (here only the D = 9 case)",
+    ),
+    Mutation(
+        "generator-one-block-less", "dpmap_pred/networks.py",
+        "layers += [ResnetBlock(ch) for _ in range(n_blocks)]", "layers += [ResnetBlock(ch) for _ in range(max(n_blocks - 1, 0))]",
+        (DPMAP + "::test_generator_shapes_range_and_size",),
+        "the mesoscopic generator one residual block short of its configuration (and of the paper's size)",
     ),
     Mutation(
         "photometric-shared-gain", "mvfr/training.py",

@@ -300,7 +300,7 @@ def _tiny_dataset(tmp_path, size: int = 64):
 
 
 def test_train_resume_predict_and_mesh_end_to_end(tmp_path):
-    from dpmap_pred import dpmap2mesh, main as dp_main, train
+    from dpmap_pred import main as dp_main, train
     from dpmap_pred.inference import load_generator
     from mvfr.training import list_checkpoints, read_jsonl
 
@@ -351,6 +351,18 @@ def test_train_resume_predict_and_mesh_end_to_end(tmp_path):
     assert (out_dir / "texture_001_01.png").is_file() and (out_dir / "texture_001_01.json").is_file()
 
     # dpmap2mesh over the data folder: reg mesh (UV grid, capture units) -> textured meso mesh.
+    check_dpmap2mesh_over_the_data_folder(data, common, dp)
+
+
+def check_dpmap2mesh_over_the_data_folder(data, common: list[str], dp: np.ndarray) -> None:
+    """dpmap2mesh.py --dataroot on a noisy reg mesh and the face's written map ``dp [32, 32]`` (mm): its meso
+    mesh is the one worked out here."""
+    from scipy.ndimage import map_coordinates
+
+    from dpmap_pred import dpmap2mesh
+    from dpmap_pred.dpmap2mesh import taubin_smooth
+    from mvfr.mesh_io import vertex_normals
+
     mm_per_unit = 2.0
     save_json(data.rt_scale_json, {"2": {"1": [mm_per_unit, np.eye(3, 4).tolist()]}})
     reg = uv_grid_mesh(6, surface="sphere")
@@ -362,11 +374,6 @@ def test_train_resume_predict_and_mesh_end_to_end(tmp_path):
     assert (data.meso_mesh("002_01").parent / "002_01.mtl").is_file()
     # worked out here: the Loop surface of the smoothed reg mesh, moved along its unit normals by the map
     # (bilinear at each vertex's uv, texel centres at (j + 0.5) / S) in mm, divided by mm per unit
-    from scipy.ndimage import map_coordinates
-
-    from dpmap_pred.dpmap2mesh import taubin_smooth
-    from mvfr.mesh_io import vertex_normals
-
     reg = read_obj(data.reg_mesh("002_01"))
     sub = loop_subdivision(Mesh(taubin_smooth(reg.vertices, reg.faces, 30), reg.faces, reg.uvs, reg.face_uvs), 1)
     uv = sub.vertex_uvs()
