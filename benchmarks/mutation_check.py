@@ -80,7 +80,8 @@ MUTATIONS = [
     Mutation(
         "dpmap-mm-per-unit", "dpmap_pred/dpmap2mesh.py",
         "normals * (disp_mm / float(mm_per_unit))[:, None]", "normals * (disp_mm * float(mm_per_unit))[:, None]",
-        (DPMAP_E2E,),
+        (DPMAP + "::test_constant_map_moves_every_vertex_along_its_normal",
+         DPMAP + "::test_displacement_follows_the_map_and_the_unit_conversion", DPMAP_E2E),
         "the mesoscopic displacement multiplied by mm per unit instead of divided",
     ),
     Mutation(
