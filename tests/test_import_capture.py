@@ -343,13 +343,13 @@ def _chain(raw, data, monkeypatch, common):
 
 
 # Accuracy guard (tests/accuracy_guard.py): on the native capture (seed 5, 4 views at 648 px, S = 64, D = 61)
-# the IF and reg surfaces are closer to the scan than the base mesh. Measured at commit 991d428 (MediaPipe
-# template, shipped v2 checkpoints) on the 2-core development CPU (bfloat16; float32 within 0.007 mm), mm: base
-# accuracy 1.903, completeness 5.080; IF 1.165 / 4.698; reg 1.204 / 4.859 (gains 0.74 / 0.38 and 0.70 / 0.22).
-# Required: about half of each gain. A whole-face base model changes every figure: measure again (pytest -s
-# prints the table).
-NATIVE_CHAIN_GAIN_MM = {"if": {"accuracy_mean_mm": 0.35, "completeness_mean_mm": 0.15},
-                        "reg": {"accuracy_mean_mm": 0.35, "completeness_mean_mm": 0.10}}
+# the IF and reg surfaces are closer to the scan than the base mesh. Measured with pytest -s at commit 7266954
+# (whole-face base model, shipped v2 checkpoints) on the 2-core development CPU (bfloat16; float32 within
+# 0.003 mm), mm: base accuracy 1.921, completeness 1.806; IF 1.464 / 1.278; reg 1.477 / 1.401 (gains 0.46 / 0.53
+# and 0.44 / 0.40; with the MediaPipe template, commit 991d428: 0.74 / 0.38 and 0.70 / 0.22). Required: about
+# half of each gain. A new base surface or checkpoint changes every figure: measure again.
+NATIVE_CHAIN_GAIN_MM = {"if": {"accuracy_mean_mm": 0.2, "completeness_mean_mm": 0.25},
+                        "reg": {"accuracy_mean_mm": 0.2, "completeness_mean_mm": 0.2}}
 
 
 def test_native_chain_is_closer_to_the_scan_than_the_base_mesh(native_chain):
