@@ -41,35 +41,9 @@ FILL_ROW_SPACING_MM = 2.5
 # --------------------------------------------------------------------------------------- selection
 
 
-def grow(selected: np.ndarray, allowed: np.ndarray, faces: np.ndarray, rings: int) -> np.ndarray:
-    """``selected [F] bool`` grown ``rings`` times by the ``allowed`` triangles sharing a vertex with it."""
-    out = selected.copy()
-    for _ in range(rings):
-        used = np.zeros(int(faces.max()) + 1, dtype=bool)
-        used[faces[out].ravel()] = True
-        out |= allowed & used[faces].any(1)
-    return out
-
-
-def close_notches(selected: np.ndarray, faces: np.ndarray, candidates: np.ndarray, passes: int = 3) -> np.ndarray:
-    """Add ``candidates`` triangles with at least two edge neighbours in ``selected`` (smooths a ragged set)."""
-    from mvfr.subdivision import mesh_edges
-
-    edges, fe = mesh_edges(faces)
-    out = selected.copy()
-    for _ in range(passes):
-        cnt = np.zeros(len(edges))
-        np.add.at(cnt, fe[out].ravel(), 1)  # selected faces per edge
-        nb = ((cnt[fe] - out[:, None]) > 0).sum(1)  # edge neighbours of each face in the set
-        add = candidates & ~out & (nb >= 2)
-        if not add.any():
-            break
-        out |= add
-    return out
-
-
 def select_triangles(rings: int = MARGIN_RINGS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ICT triangle flags ``[F_ict]``: the model's triangles, the facial region among them, the nostril holes."""
+    from mvfr.mesh_regions import grow
     from mvfr.synthesis import head, ict
 
     m = ict.load_model()
@@ -80,7 +54,6 @@ def select_triangles(rings: int = MARGIN_RINGS) -> tuple[np.ndarray, np.ndarray,
     region = face & (q >= head.REGION_QUADS[0]) & (q <= head.REGION_QUADS[1]) & (neutral[m.faces][:, :, 1] > low).all(1)
     nostril = np.zeros(len(m.faces), dtype=bool)
     nostril[head.nostril_interior_triangles()] = True
-    nostril = close_notches(nostril, m.faces, region)
     region &= ~nostril
     selected = grow(region, face & ~nostril, m.faces, rings)
     return selected, region, nostril

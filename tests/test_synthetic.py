@@ -8,7 +8,7 @@ import pytest
 from mvfr.camera import read_params
 from mvfr.datafolder import EXPRESSION_NAMES, RawFolder
 from mvfr.mesh_io import read_ply
-from mvfr.synthesis import capture, correspondence, expressions, head, ict, rig
+from mvfr.synthesis import capture, correspondence, expressions, head, ict, meso, rig
 
 TINY = ["--num_ids", "2", "--num_exps", "1", "--num_views", "3", "--image_long_side", "256", "--seed", "3",
         "--dpmap_size", "128", "--albedo_size", "256"]
@@ -141,6 +141,49 @@ def test_template_dpmap_follows_the_face_tile(model):
     left = cov & (uv[..., 0] > 0.55)
     right = cov & (uv[..., 0] < 0.45)
     assert dp[left].mean() > 0.95 and dp[right].mean() < 0.05
+
+
+def test_shape_field_leaves_the_ict_span_smoothly(model):
+    """The person's shape field: the RMS asked for over the face, smooth (a few mm over tens of mm), rigid on
+    the eyeballs, and out of the model's span (the best ICT fit of the warped face leaves most of it)."""
+    rng = np.random.default_rng(5)
+    neutral = model.head(ict.sample_identity_weights(rng))
+    field = head.shape_field(neutral, np.random.default_rng(6), 2.0)
+    face = np.unique(model.faces[model.part_faces("face")])
+    assert np.sqrt((field[face] ** 2).sum(1).mean()) == pytest.approx(2.0, rel=1e-6)
+    assert np.abs(head.shape_field(neutral, rng, 0.0)).max() == 0.0
+    edges = model.faces[model.part_faces("face")][:, :2]
+    grad = np.linalg.norm(field[edges[:, 0]] - field[edges[:, 1]], axis=1) / np.linalg.norm(
+        neutral[edges[:, 0]] - neutral[edges[:, 1]], axis=1)
+    assert np.percentile(grad, 99) < 0.3  # mm per mm: smooth
+    a, b = ict.PART_VERTICES["eyeball_left"]
+    assert np.ptp(field[a : b + 1], axis=0).max() < 1e-9  # the eyeball moves rigidly
+    some = face[::3]
+    basis = np.concatenate([model.identity, model.expression])[:, some].reshape(153, -1).astype(np.float64)
+    coef, *_ = np.linalg.lstsq(basis.T, field[some].ravel(), rcond=None)
+    left = field[some].ravel() - basis.T @ coef
+    assert np.sqrt(np.mean(left**2) * 3) > 0.25 * 2.0  # even a free fit of all 153 modes leaves a quarter (0.59 mm)
+
+
+def test_template_to_ict_uv_is_exact(model):
+    """Known answer: a template texel's point on the base model's mean face and the mean ICT head's point
+    at the texel's ICT uv (the face tile rasterised independently, :func:`ict.uv_tile_map`) coincide;
+    the fills (eyes, mouth, nostrils) have no ICT uv."""
+    from mvfr.face_model import load_face_model
+    from mvfr.uv_rasterizer import interpolate_attribute, template_uv_table
+
+    size = 128
+    uv, cov = correspondence.template_to_ict_uv(size)
+    fm = load_face_model()
+    table = template_uv_table(size)
+    on_template = interpolate_attribute(table, fm.faces, fm.mean)[cov]
+    tile, tile_cov = ict.uv_tile_map(model, model.head(), 1024)
+    inside = meso.sample_at(tile_cov.astype(np.float32), uv[cov]) > 0.999
+    on_ict = meso.sample_at(tile, uv[cov])
+    err = np.linalg.norm(on_ict - on_template, axis=1)[inside]
+    assert inside.mean() > 0.95 and np.median(err) < 0.05 and np.percentile(err, 99) < 0.5, (np.median(err), np.percentile(err, 99))
+    fill = table.covered & fm.fill[np.where(table.covered, table.face_index, 0)]
+    assert fill.sum() > 50 and not (cov & fill).any()
 
 
 # ------------------------------------------------------------------------------------------- rig

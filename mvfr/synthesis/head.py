@@ -45,7 +45,7 @@ REGION_EXCLUDE_BELOW_CHIN_MM = 25.0  # the neck below the chin is not face
 NOSTRIL_RADIUS_MM = 30.0
 NOSTRIL_YAW_DEG = 80.0
 NOSTRIL_PITCH_DEG = (-25.0, 25.0)
-NOSTRIL_MIN_VIEWS = 3
+NOSTRIL_MIN_VIEWS = 20  # of the 102 directions: under 2 cameras of a 10-view rig
 
 
 def vertex_face_incidence(faces: np.ndarray, num_vertices: int):
@@ -138,9 +138,11 @@ def nostril_interior_triangles() -> np.ndarray:
     area's most forward vertex) is inside a nostril when, from its centroid, fewer than
     :data:`NOSTRIL_MIN_VIEWS` of 17 x 6 directions (yaw within +-:data:`NOSTRIL_YAW_DEG`, pitch within
     :data:`NOSTRIL_PITCH_DEG`: the synthetic rigs' range) both face its front side and reach the open air
-    past the skin, eyes and teeth (embree rays): too few cameras to reconstruct it. The same triangles for
+    past the skin, eyes and teeth (embree rays): fewer than two cameras of a typical ten-view rig would see
+    it. The set is then smoothed (notches closed) and the scraps of skin it encloses added. The same triangles for
     every head: the set belongs to the topology, like the rest of the region.
     """
+    from mvfr.mesh_regions import close_notches, fill_enclosed
     from mvfr.visibility import RayCaster
 
     m = ict.load_model()
@@ -165,7 +167,11 @@ def nostril_interior_triangles() -> np.ndarray:
     origins = c[k] + 0.05 * n[k]
     free = ~caster.any_hit(origins, dirs[d])
     seen = np.bincount(k[free], minlength=len(cand))
-    return cand[seen < NOSTRIL_MIN_VIEWS]
+    face = m.part_faces("face")
+    inside = np.zeros(len(m.faces), dtype=bool)
+    inside[cand[seen < NOSTRIL_MIN_VIEWS]] = True
+    inside = fill_enclosed(close_notches(inside, m.faces, face), m.faces, face)
+    return np.flatnonzero(inside)
 
 
 SHAPE_BUMPS = 24
