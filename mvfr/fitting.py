@@ -186,13 +186,15 @@ def _square_roots(W: np.ndarray) -> np.ndarray:
 
 
 def solve_model_weights(model: FaceModel, targets_mm: np.ndarray, W: np.ndarray,
-                        sigma_mm: float = LANDMARK_SIGMA_MM) -> tuple[np.ndarray, np.ndarray]:
+                        sigma_mm: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Identity ``[Ki]`` and expression ``[Ke]`` weights whose landmarks best meet ``targets_mm [L, 3]``
     (model frame, mm) under the information matrices ``W [L, 3, 3]`` (relative: 1 = a typical landmark,
     whose noise is ``sigma_mm``), with the priors N(0, 1) per identity weight (bounded to
-    +-:data:`IDENTITY_BOUND`) and N(0, :data:`EXPRESSION_SIGMA`^2) per expression weight, bounded to [0, 1]."""
+    +-:data:`IDENTITY_BOUND`) and N(0, :data:`EXPRESSION_SIGMA`^2) per expression weight, bounded to [0, 1].
+    ``sigma_mm`` default: :data:`LANDMARK_SIGMA_MM`."""
     from scipy.optimize import lsq_linear
 
+    sigma_mm = LANDMARK_SIGMA_MM if sigma_mm is None else sigma_mm
     mean_l, basis = model.landmark_basis  # [L, 3], [L, 3, K]
     ki, k = len(model.identity), basis.shape[-1]
     ok = np.isfinite(targets_mm).all(1)
@@ -214,7 +216,7 @@ def fit_face_model(
     model: FaceModel,
     rounds: int = 4,
     robust_mm: float | None = 3.0,
-    stiffness: float = CORRECTION_STIFFNESS,
+    stiffness: float | None = None,
     refine: bool = True,
 ) -> BaseFit:
     """Fit the base model (:mod:`mvfr.face_model`, mm) to ``landmarks3d [L, 3]`` (capture units, NaN = missing).
@@ -227,6 +229,7 @@ def fit_face_model(
        (:func:`smooth_correction` with ``stiffness``), for the shapes the model's span misses.
 
     weights [L] >= 0 or [L, 3, 3] information matrices (:func:`landmark_weights`; 0 / NaN = ignored).
+    ``stiffness`` default: :data:`CORRECTION_STIFFNESS`.
     The fit needs no scale: the similarity carries model mm -> capture units (:func:`mm_per_unit_from_fit`).
     """
     lm = np.asarray(landmarks3d, dtype=np.float64)
@@ -253,6 +256,7 @@ def fit_face_model(
     verts = apply_similarity(model.shape(ident, expr), s, R, t)
     w_final = w_iso * robust
     if refine:
+        stiffness = CORRECTION_STIFFNESS if stiffness is None else stiffness
         verts, w_final, _ = smooth_correction(verts, model.faces, model.landmark_operator, lm, w_final, stiffness,
                                               None if robust_mm is None else robust_mm * s)
     res = np.linalg.norm(model.landmarks(verts) - np.nan_to_num(lm), axis=1)

@@ -37,6 +37,20 @@ def _run(raw_root, data_root, *extra):
     return preprocess_images.main(["--facescape_dataroot", str(raw_root), "--dataroot", str(data_root), *extra])
 
 
+def image_shift(img: np.ndarray, ref: np.ndarray, border: int = 12) -> np.ndarray:
+    """Sub-pixel shift ``(dx, dy)`` of ``img`` against ``ref`` (grey ``[H, W]``; ``img(x) ~ ref(x - d)``) by
+    linearised least squares on both images blurred by 1 px, ignoring ``border`` pixels (replicated after
+    undistortion). Accurate to a few hundredths of a pixel for shifts under one pixel; phase correlation on
+    images this small wanders by up to half a pixel."""
+    import cv2
+
+    a = cv2.GaussianBlur(img, (0, 0), 1.0)[border:-border, border:-border].astype(np.float64)
+    b = cv2.GaussianBlur(ref, (0, 0), 1.0)[border:-border, border:-border].astype(np.float64)
+    gy, gx = np.gradient(0.5 * (a + b))
+    d, *_ = np.linalg.lstsq(np.stack([gx.ravel(), gy.ravel()], 1), (b - a).ravel(), rcond=None)
+    return d
+
+
 def test_processed_cameras_and_images_match_the_renderer(tiny):
     root, raw, caps = tiny
     data = DataFolder(root / "data")
@@ -61,10 +75,12 @@ def test_processed_cameras_and_images_match_the_renderer(tiny):
 
             img = load_image(data.image(fid, v)).astype(np.float32).mean(-1)
             ref_img = cv2.resize(cap.clean[v], (cam.width, cam.height), interpolation=cv2.INTER_AREA).astype(np.float32).mean(-1)
-            m = 12  # ignore the border (replicated pixels after undistortion)
-            win = cv2.createHanningWindow((cam.width - 2 * m, cam.height - 2 * m), cv2.CV_32F)
-            (dx, dy), _ = cv2.phaseCorrelate(img[m:-m, m:-m], ref_img[m:-m, m:-m], win)
-            assert np.hypot(dx, dy) < 0.5, (fid, v, dx, dy)
+            d = image_shift(img, ref_img)
+            assert np.hypot(*d) < 0.25, (fid, v, d)
+            # the estimator sees a half-pixel misalignment: the check can fail
+            half = cv2.warpAffine(ref_img, np.float32([[1, 0, 0.5], [0, 1, 0]]), (cam.width, cam.height),
+                                  flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            assert abs(image_shift(half, ref_img)[0] - 0.5) < 0.15
     for name in ("select_dict.json", "id.json", "Rt_scale_dict.json"):
         assert (data.root / name).read_text() == (raw.root / name).read_text()
 

@@ -248,8 +248,17 @@ def test_region_is_the_face_without_eyeballs_and_mouth(tiny_raw, model):
     # the region reaches the eyelids and lips but no eyeball, tooth or tongue vertex
     skin_n = head.part_subdivision(head.SKIN_PARTS, head.SCAN_LEVEL).S.shape[0]
     assert not region[skin_n:].any()
-    near_nose = np.linalg.norm(v_mm - lm[1], axis=1) < 10
+    near_nose = np.linalg.norm(v_mm - lm[1], axis=1) < 6
     assert region[near_nose].all()
+    # but not the nostril interiors (no scanner sees them): vertices only their faces use are out
+    skin = head.part_subdivision(head.SKIN_PARTS, head.SCAN_LEVEL)
+    inner = np.isin(skin.coarse_face, head.nostril_interior_triangles())
+    used_outside = np.zeros(skin_n, dtype=bool)
+    used_outside[skin.faces[~inner].ravel()] = True
+    only_inner = ~used_outside
+    only_inner[np.unique(skin.faces[~inner])] = False
+    only_inner &= np.isin(np.arange(skin_n), skin.faces[inner])
+    assert only_inner.sum() > 1000 and not region[:skin_n][only_inner].any()
 
 
 def test_rt_scale_maps_capture_back_to_head_frame(tiny_raw, model):
