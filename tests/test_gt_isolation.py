@@ -136,6 +136,16 @@ def test_every_eval_stage_gives_identical_outputs_without_ground_truth(synthetic
     assert evaluate.main(["--dataroot", str(data.root), "--facescape_dataroot", str(raw.root), "--split", "eval",
                           "--stages", "base", "if", "reg", "meso", "--n_samples", "5000"]) == 0
     assert_closer_than_base(read_mean_metrics(data.root), GT_ISOLATION_GAIN_MM, "test_gt_isolation, 2 synthetic captures")
+    # one topology for every face (dense correspondence): the base, reg and meso meshes of the two
+    # captures differ in their vertex positions only
+    from mvfr.mesh_io import read_obj
+
+    for path in (data.fit_mesh, data.reg_mesh, data.meso_mesh):
+        a, b = (read_obj(path(fid)) for fid in FIDS)
+        assert len(a.vertices) == len(b.vertices) and np.abs(a.vertices - b.vertices).max() > 0
+        np.testing.assert_array_equal(a.faces, b.faces)
+        np.testing.assert_array_equal(a.face_uvs, b.face_uvs)
+        np.testing.assert_array_equal(a.uvs, b.uvs)
 
 
 def test_run_pipeline_in_process_writes_what_the_scripts_write(tmp_path, monkeypatch):
