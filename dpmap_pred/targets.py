@@ -1,17 +1,18 @@
 """Ground-truth mesoscopic displacement registered to where the pipeline's UV of a face lands on the scan.
 
-``RAW/dpmap`` (synthetic data) holds the detail height ``h`` in template UV through the *fixed*
-template -> ICT correspondence of :mod:`mvfr.synthesis.correspondence`: texel t is
-``h(phi(t))``. The pipeline's texel t, though, lies where this face's fitted base mesh (and, for
-the training textures, the ground-truth ray along its normal) puts it on the scan, a few mm from
-``phi(t)``; the blended texture at t shows the skin *there*. Training on ``RAW/dpmap`` as it is
+``RAW/dpmap`` (synthetic data) holds the detail height ``h`` in template UV through the fixed map
+from the template's triangles to the ICT triangles they are made of
+(:func:`mvfr.face_model.template_to_ict_uv`): texel t is ``h(phi(t))``. The pipeline's
+texel t, though, lies where this face's fitted base mesh (and, for the training textures, the
+ground-truth ray along its normal) puts it on the scan, a few mm from ``phi(t)``; the blended texture
+at t shows the skin *there*. Training on ``RAW/dpmap`` as it is
 asks the network to predict detail from the photograph of skin millimetres away (on the v2
 training set the high-passed texture and ``RAW/dpmap`` correlate at about 0.01).
 
 :func:`registered_dpmap` therefore looks up, for every texel, the scan point the texel's surface
 point lies on (inverse-distance weights over the nearest facial-region scan vertices), reads the
-ICT uv the scan stores there (PLY ``s, t``), carries it back to template UV through the fixed
-correspondence, and samples ``RAW/dpmap`` at that template position: ``h`` at the texel's own
+ICT uv the scan stores there (PLY ``s, t``), carries it back to template UV through that fixed map,
+and samples ``RAW/dpmap`` at that template position: ``h`` at the texel's own
 skin. Training (``dpmap_pred/train.py``) uses it on the ground-truth surface (base ``pos_map`` +
 ``norm_map * mv_map``); scoring (``dpmap_pred/main.py --score``) on the surface the prediction is
 applied to (``pred/reg_map``). Both are cached under ``DATA/maps/<split>/dp_target``.
@@ -45,7 +46,7 @@ def _template_index():
     template positions ``[N, 2]`` (row, col) as fractions of the map side (texel centres)."""
     from scipy.spatial import cKDTree
 
-    from mvfr.synthesis.correspondence import template_to_ict_uv
+    from mvfr.face_model import template_to_ict_uv
 
     uv, cov = template_to_ict_uv(INDEX_SIZE)
     rows, cols = np.nonzero(cov)

@@ -8,6 +8,7 @@ import pytest
 from mvfr.camera import read_params
 from mvfr.datafolder import EXPRESSION_NAMES, RawFolder
 from mvfr.mesh_io import read_ply
+from mvfr.face_model import template_to_ict_uv
 from mvfr.synthesis import capture, correspondence, expressions, head, ict, meso, rig
 
 TINY = ["--num_ids", "2", "--num_exps", "1", "--num_views", "3", "--image_long_side", "256", "--seed", "3",
@@ -131,7 +132,7 @@ def test_landmarks_lie_on_the_scan_surface(model):
 
 def test_template_dpmap_follows_the_face_tile(model):
     size = 64
-    uv, cov = correspondence.template_to_ict_uv(size)
+    uv, cov = template_to_ict_uv(size)
     assert cov.mean() > 0.3 and (uv[cov] >= 0).all() and (uv[cov] <= 1).all()
     h = np.zeros((256, 256), np.float32)
     h[:, 128:] = 1.0  # the subject's left half of the face tile (u > 0.5) is raised by 1 mm
@@ -173,7 +174,7 @@ def test_template_to_ict_uv_is_exact(model):
     from mvfr.uv_rasterizer import interpolate_attribute, template_uv_table
 
     size = 128
-    uv, cov = correspondence.template_to_ict_uv(size)
+    uv, cov = template_to_ict_uv(size)
     fm = load_face_model()
     table = template_uv_table(size)
     on_template = interpolate_attribute(table, fm.faces, fm.mean)[cov]

@@ -21,8 +21,8 @@ So landmark i is "where the detector puts landmark i on a well-lit ICT face", av
 identities, and then moves with the ICT surface through every identity and expression: on a scan it
 lies exactly on the surface (:func:`landmarks_on_scan`).
 
-The dense map from the template UV to the ICT face-area uv (:func:`template_to_ict_uv`) is exact: the
-template is the base model (:mod:`mvfr.face_model`), made of the ICT face area's own triangles.
+The dense map from the template UV to the ICT face-area uv (:func:`mvfr.face_model.template_to_ict_uv`)
+is exact: the template is the base model, made of the ICT face area's own triangles.
 """
 
 from __future__ import annotations
@@ -127,26 +127,6 @@ def landmarks_on_scan(scan: head.ScanGeometry, level: int = head.SCAN_LEVEL) -> 
 
 
 # ---------------------------------------------------------------------------- template UV -> ICT
-@functools.lru_cache(maxsize=4)
-def template_to_ict_uv(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """For every texel of an S x S template-UV map: its ICT face-tile uv ``[S, S, 2]`` and ``covered [S, S]``.
-
-    Exact: the template is the base model (:mod:`mvfr.face_model`), whose skin triangles are ICT
-    triangles, so a texel's ICT uv is its barycentric blend of its triangle's ICT uvs. Texels of the
-    fills (eyes, mouth, nostrils: no ICT skin) are not covered."""
-    from mvfr.face_model import load_face_model
-    from mvfr.uv_rasterizer import template_uv_table
-
-    fm = load_face_model()
-    table = template_uv_table(size)
-    cov = table.covered & ~fm.fill[np.where(table.covered, table.face_index, 0)]
-    fidx = table.face_index[cov]
-    uv = np.einsum("nk,nkc->nc", table.bary[cov], fm.ict_uv[fm.faces[fidx]])
-    out = np.zeros((size, size, 2))
-    out[cov] = uv
-    return out, cov
-
-
 def template_dpmap(h: np.ndarray, size: int) -> np.ndarray:
     """The face-tile height map ``h [S_h, S_h]`` (mm) resampled into the template UV ``[size, size]`` float32.
 
@@ -156,6 +136,8 @@ def template_dpmap(h: np.ndarray, size: int) -> np.ndarray:
     import cv2
 
     from mvfr.synthesis import meso
+
+    from mvfr.face_model import template_to_ict_uv
 
     uv, cov = template_to_ict_uv(size)
     ratio = h.shape[0] / size  # face-tile texels per template texel (the two tiles have similar mm per texel)
