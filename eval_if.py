@@ -12,12 +12,13 @@ Writes, per face (atomically; skipped when they exist unless --overwrite):
   DATA/volume/<split>/ori_volume_PPP_EE.npy   [D, S, S] float16 scores (unscored hypotheses of the
                                               c2f search interpolated along d; 0 outside the
                                               searched texels)
-  DATA/pred/if_map/disp_map_PPP_EE.npy        [S, S] float32 argmax displacement along the normal, units,
-                                              scaled towards 0 (the base surface) where the confidence is low
+  DATA/pred/if_map/disp_map_PPP_EE.npy        [S, S] float32 argmax displacement along the normal, units;
+                                              where the confidence is low, the smooth continuation of the
+                                              confident texels' displacement (fading to the base surface)
   DATA/pred/if_map/conf_PPP_EE.npy            [S, S] float32 confidence in [0, 1]: peak score minus the best
                                               score beyond 3 sigma (mvfr.confidence); a texel at or below
-                                              --conf_low stays on the base surface, from --conf_high it takes
-                                              the argmax in full
+                                              --conf_low takes the continuation, from --conf_high the argmax
+                                              in full
   DATA/pred/if_mesh/if_PPP_EE.obj             UV-grid mesh of pos_map + n * disp over the searched texels
 """
 
@@ -106,9 +107,9 @@ def run_face(
     """Search one face -> ``{"volume": [D, S, S] float32, "disp": [S, S] float32 units, "scored": [S, S] bool,
     "conf": [S, S] float32}`` plus seconds ``features_s``, ``search_s`` and the search's ``timings``
     (sampling, mlp, points). ``plan``: how d is searched (:class:`mvfr.mvs.search.SearchPlan`). ``disp``
-    is the argmax displacement times
-    :func:`mvfr.confidence.fallback_weight` of the confidence (``conf_range`` = low, high; ``exclusion``
-    the rival-peak radius in steps, default 3 sigma of 1 mm)."""
+    is the argmax displacement where the confidence is high and its smooth continuation where it is low
+    (:func:`mvfr.confidence.continue_confident` with :func:`mvfr.confidence.fallback_weight`; ``conf_range``
+    = low, high; ``exclusion`` the rival-peak radius in steps, default 3 sigma of 1 mm)."""
     setup = face.setup.to(device)
     S, D = setup.size, setup.d_size
     low = low_precision_ok(device) if low_precision is None else low_precision
@@ -125,19 +126,20 @@ def run_face(
     if exclusion is None:
         exclusion = confidence.exclusion_steps(1.0, 0.2)
     conf_t = confidence.score_confidence(vol.T, exclusion)
-    keep = confidence.fallback_weight(conf_t, *conf_range)
-    disp_t = np.where(scored, step_offsets(D)[argmax] * setup.step * keep, 0.0)
+    keep = np.where(scored, confidence.fallback_weight(conf_t, *conf_range), 0.0)
     volume = np.zeros((D, S * S), np.float32)
     volume[:, face.mask.ravel()] = vol.T
-    disp = np.zeros(S * S, np.float32)
-    disp[face.mask.ravel()] = disp_t
+    steps, weight = np.zeros(S * S, np.float32), np.zeros(S * S, np.float32)
+    steps[face.mask.ravel()] = np.where(scored, step_offsets(D)[argmax], 0.0)
+    weight[face.mask.ravel()] = keep
+    disp = confidence.continue_confident(steps.reshape(S, S), weight.reshape(S, S), face.mask) * setup.step
     sc = np.zeros(S * S, bool)
     sc[face.mask.ravel()] = scored
     conf = np.zeros(S * S, np.float32)
     conf[face.mask.ravel()] = conf_t
     return {
         "volume": volume.reshape(D, S, S),
-        "disp": disp.reshape(S, S),
+        "disp": disp.astype(np.float32),
         "scored": sc.reshape(S, S),
         "conf": conf.reshape(S, S),
         "features_s": t1 - t0,

@@ -54,15 +54,16 @@ def load_model(checkpoint: str, device: str | torch.device = "cpu") -> tuple[tor
 
 def regularised_steps(opt, model: torch.nn.Module, vol: np.ndarray, mask: np.ndarray, device) -> tuple[np.ndarray, np.ndarray]:
     """The regulariser's displacement with the confidence fallback: ``vol [D, S, S]`` scores, ``mask [S, S]``
-    -> ``steps [S, S]`` float32 (hypothesis steps, 0 outside ``mask``), each texel's soft-argmax scaled by
-    :func:`mvfr.confidence.fallback_weight` of ``conf``, and ``conf [S, S]`` float32: the volume's
+    -> ``steps [S, S]`` float32 (hypothesis steps, 0 outside ``mask``): the soft-argmax where ``conf`` is
+    high, its smooth continuation where it is low (:func:`mvfr.confidence.continue_confident` with
+    :func:`mvfr.confidence.fallback_weight`), and ``conf [S, S]`` float32: the volume's
     confidence smoothed over a few texels (``opt``: ``reg_tile``, ``reg_overlap``, ``sigma``,
     ``interval_scale``, ``conf_low``, ``conf_high``)."""
     with torch.no_grad():
         steps = predict_steps(model, vol, mask, opt.reg_tile, opt.reg_overlap, device)
     conf = confidence.smooth_confidence(
         confidence.score_confidence(vol, confidence.exclusion_steps(opt.sigma, opt.interval_scale)), mask)
-    return steps * confidence.fallback_weight(conf, opt.conf_low, opt.conf_high), conf
+    return confidence.continue_confident(steps, confidence.fallback_weight(conf, opt.conf_low, opt.conf_high), mask), conf
 
 
 def process_face(opt, folder: DataFolder, model: torch.nn.Module, device, fid: str) -> None:

@@ -10,11 +10,15 @@ and the argmax lands anywhere in the +-20 mm range. The confidence of a texel is
 
 in [0, 1]: 0 for a flat or ambiguous score, close to the peak score for one sharp peak (a texel
 seen by fewer than two views has score 0 everywhere, so conf 0). :func:`fallback_weight` turns it
-into the share of the searched displacement a texel keeps: 0 at or below ``low`` (the texel stays
-on the base surface), 1 from ``high``, linear in between. Stage 3 uses the confidence smoothed over
-a few texels (:func:`smooth_confidence`), so a single flat texel among confident ones still takes the
-regulariser's answer (filling it from its neighbours is what the regulariser is for) while a region
-without evidence stays on the base surface.
+into the share of the searched displacement a texel keeps: 0 at or below ``low``, 1 from ``high``,
+linear in between. The rest comes from :func:`continue_confident`: the smooth continuation of the
+confident texels' displacement into the texels without evidence (the inner lips of a closed mouth,
+the underside of the chin few views see, the nostril rims), fading to the base surface over about
+:data:`CONTINUATION_TEXELS` texels; the base mesh's error is smooth (it comes from a few millimetres
+of landmark error), so the correction its confident neighbours found is a better guess there than
+none. Stage 3 uses the confidence smoothed over a few texels (:func:`smooth_confidence`), so a single
+flat texel among confident ones still takes the regulariser's answer (filling it from its neighbours
+is what the regulariser is for).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import numpy as np
 
 EXCLUSION_SIGMAS = 3.0  # the rival peak is searched beyond this many score-target sigmas from the peak
 SMOOTH_TEXELS = 3.0  # std of the spatial smoothing of the confidence for stage 3, in texels at S = 256
+CONTINUATION_TEXELS = 25.0  # how far (texels at S = 256) a confident correction carries into texels without evidence
 
 
 def score_confidence(volume: np.ndarray, exclusion_steps: float) -> np.ndarray:
@@ -71,3 +76,45 @@ def smooth_confidence(conf: np.ndarray, mask: np.ndarray, sigma_texels: float | 
     num = ndimage.gaussian_filter(np.where(mask, conf, 0.0).astype(np.float32), sigma, mode="constant")
     den = ndimage.gaussian_filter(m, sigma, mode="constant")
     return np.where(mask, num / np.maximum(den, 1e-6), 0.0).astype(np.float32)
+
+
+def continue_confident(values: np.ndarray, weight: np.ndarray, mask: np.ndarray,
+                       reach_texels: float | None = None) -> np.ndarray:
+    """Keep ``values`` where the evidence is strong and continue them smoothly where it is weak.
+
+    ``values [S, S]`` (e.g. displacement in steps), ``weight [S, S]`` in [0, 1] (:func:`fallback_weight`),
+    ``mask [S, S]`` bool (the texels that exist). With ``f`` the minimiser over the mask of
+
+        sum_i w_i (f_i - v_i)^2 + sum_{4-neighbours i~j} (f_i - f_j)^2 + eps * sum_i f_i^2,
+
+    ``eps = 1 / reach^2`` (``reach_texels`` default :data:`CONTINUATION_TEXELS` scaled with S / 256: the
+    distance over which a continuation fades to 0, the base surface), returns ``w * v + (1 - w) * f``
+    (float32, 0 outside the mask): exactly ``v`` where ``w = 1``, all zeros when no texel has weight.
+    """
+    import scipy.sparse as sp
+    import scipy.sparse.linalg as spla
+
+    v = np.asarray(values, dtype=np.float64)
+    w = np.clip(np.asarray(weight, dtype=np.float64), 0.0, 1.0)
+    mask = np.asarray(mask, dtype=bool)
+    S = v.shape[0]
+    reach = CONTINUATION_TEXELS * S / 256.0 if reach_texels is None else float(reach_texels)
+    out = np.zeros(v.shape, np.float32)
+    idx = np.full(v.shape, -1, np.int64)
+    idx[mask] = np.arange(int(mask.sum()))
+    n = int(mask.sum())
+    if n == 0:
+        return out
+    rows, cols = [], []
+    for a, b in ((idx[:, :-1], idx[:, 1:]), (idx[:-1, :], idx[1:, :])):
+        ok = (a >= 0) & (b >= 0)
+        rows.append(a[ok])
+        cols.append(b[ok])
+    i, j = np.concatenate(rows), np.concatenate(cols)
+    A = sp.csr_matrix((np.ones(2 * len(i)), (np.r_[i, j], np.r_[j, i])), shape=(n, n))
+    L = sp.diags(np.asarray(A.sum(1)).ravel()) - A
+    wm, vm = w[mask], v[mask]
+    K = (sp.diags(wm + 1.0 / max(reach, 1e-6) ** 2) + L).tocsc()
+    f = spla.splu(K).solve(wm * vm)
+    out[mask] = (wm * vm + (1.0 - wm) * f).astype(np.float32)
+    return out

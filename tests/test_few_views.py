@@ -99,6 +99,26 @@ def test_fallback_weight_ramp():
     assert np.all(confidence.fallback_weight(np.zeros(3), 0.05, 0.0) == 1)  # --conf_high 0: no fallback
 
 
+def test_continuation_keeps_confident_values_and_carries_them_smoothly_into_the_rest():
+    """Known answers of the fallback's continuation: confident texels keep their value exactly; with no
+    confident texel everything stays 0 (the base surface); a constant confident half carries into the
+    other half, fading with distance over about the reach, and a zero reach keeps it at the border."""
+    S = 64
+    mask = np.ones((S, S), bool)
+    mask[:, 60:] = False
+    v = np.full((S, S), 4.0, np.float32)
+    w = np.zeros((S, S), np.float32)
+    w[:, :20] = 1.0
+    out = confidence.continue_confident(v, w, mask, reach_texels=10.0)
+    np.testing.assert_array_equal(out[:, :20], 4.0)
+    assert np.all(out[:, 60:] == 0)
+    row = out[32, 20:60]
+    assert np.all(np.diff(row) < 0) and 2.5 < row[0] < 4.0 and row[-1] < 0.2, row[[0, 10, 39]]
+    assert np.all(confidence.continue_confident(v, np.zeros_like(w), mask) == 0)
+    half = confidence.continue_confident(v, np.where(mask, 0.5, 0.0), mask, reach_texels=10.0)
+    assert np.all(half[mask] > 2.0) and np.all(half[mask] < 4.0)  # half the value, plus half its continuation
+
+
 def test_flat_score_texel_stays_on_the_base_surface_in_eval_if():
     """eval_if.run_face: a texel whose every hypothesis scores the same keeps displacement 0."""
     import eval_if
@@ -130,10 +150,12 @@ def test_flat_score_texel_stays_on_the_base_surface_in_eval_if():
     assert out["scored"][mask].all()  # scored, but without evidence
 
 
-def test_flat_score_region_stays_on_the_base_surface_in_eval_reg(tmp_path):
+def test_flat_score_region_continues_the_confident_surface_in_eval_reg(tmp_path):
     """eval_reg.process_face on a tiny data folder: where the IF volume has one sharp peak the surface
-    moves by it (steps -> mm -> capture units with Rt_scale_dict); where it has two rival peaks or none it
-    stays on the base surface, although the regulariser's soft-argmax alone lands between the rivals."""
+    moves by it (steps -> mm -> capture units with Rt_scale_dict); where it has two rival peaks or none
+    the confident lift carries over smoothly and fades to the base surface within a few texels (the
+    continuation's reach, 25 texels at S = 256, is 3 at S = 32), although the regulariser's soft-argmax
+    alone lands between the rivals."""
     import eval_reg
     from models.reg_net import RegNet3D
     from mvfr.atomic_io import save_json
@@ -170,7 +192,10 @@ def test_flat_score_region_stays_on_the_base_surface_in_eval_reg(tmp_path):
     sharp, rivals, flat = (mask & (cols >= a) & (cols <= b) for a, b in ((2, 8), (13, 18), (23, 29)))
     assert sharp.sum() > 20 and rivals.sum() > 20 and flat.sum() > 20
     np.testing.assert_allclose(lift_mm[sharp], 10 * interval, atol=0.05)  # 5 mm = 2 units out, in mm again
-    assert np.abs(lift_mm[rivals | flat | ~mask]).max() == 0.0  # no evidence: on the base surface
+    assert np.abs(lift_mm[~mask]).max() == 0.0
+    profile = np.array([lift_mm[mask & (cols == c)].mean() for c in range(11, 30)])
+    assert np.all(np.diff(profile) <= 1e-6) and profile[0] > 1.0  # carried over, fading with distance
+    assert np.abs(lift_mm[flat]).max() < 0.03 * 10 * interval  # 4 reaches from any evidence: 3 % of the lift left
     conf = np.load(folder.conf_map("reg", fid))
     assert conf[sharp].min() > 0.85 and conf[rivals].max() < 0.05 and conf[flat].max() == 0.0
     # without the fallback (--conf_high 0) the rivals' texels would move: the fallback is what holds them
