@@ -608,7 +608,8 @@ def test_patch_crop_gives_the_same_scores_as_the_full_extent():
         part, ok_part = model.score_hypotheses(model.view_features(images_to_tensor(patch)), sub, torch.arange(len(idx)), steps)
     assert torch.equal(ok_full, ok_part) and ok_full.all()
     assert float(full.max() - full.min()) > 0.1  # scores that vary
-    # max difference: 0.002 with the v1 checkpoint, 0.013 with the v2 one (its GroupNorm statistics
-    # weigh the image content more); the hypothesis the search keeps is the same
-    assert float((full - part).abs().max()) < 0.02
+    # max difference: 0.002 with the v1 checkpoint, 0.013 with the first v2 one, 0.030 with the
+    # whole-face one (its GroupNorm statistics weigh the image content more); a patch cut one pixel
+    # off gives 0.12 and moves the kept hypothesis, which is what this bound is there to see
+    assert float((full - part).abs().max()) < 0.05
     assert int(full.argmax()) == int(part.argmax())
