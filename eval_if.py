@@ -7,6 +7,11 @@ mesh, inside the facial mask and a thin rim around it) is searched over its D hy
 ``--search c2f`` (default, D = 201) scores every 12th hypothesis, then every 3rd within +-12 of each
 texel's peak, then every one within +-3, then ``--c2f_rounds`` rounds of propagation (each texel
 also scores +-1 around its 8 UV neighbours' best); ``--search full`` scores all D. Points go through the network in chunks of ``--num_sample``.
+With ``--refine_passes 1`` (the default) the face is searched twice: the base mesh is first moved
+smoothly onto the confident part of the first search (:func:`mvfr.fitting.fit_to_surface`: a thin
+plate that carries the surface's slope into the parts without evidence), and the second search,
+whose outputs are kept, runs along the normals of that refined base (same views, crops and features).
+A base that the landmarks leave a centimetre off, as under the chin, is then found.
 
 Writes, per face (atomically; skipped when they exist unless --overwrite):
   DATA/volume/<split>/ori_volume_PPP_EE.npy   [D, S, S] float16 scores (unscored hypotheses of the
@@ -20,10 +25,14 @@ Writes, per face (atomically; skipped when they exist unless --overwrite):
                                               --conf_low takes the continuation, from --conf_high the argmax
                                               in full
   DATA/pred/if_mesh/if_PPP_EE.obj             UV-grid mesh of pos_map + n * disp over the searched texels
+  DATA/volume/<split>/search_pos_map_PPP_EE.npy, search_norm_map_PPP_EE.npy
+                                              [S, S, 3] float32 the base surface the volume and the maps are
+                                              relative to (the refined base; gen_maps' with --refine_passes 0)
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
@@ -34,15 +43,18 @@ import torch
 from models import build_implicit_function
 from mvfr import confidence
 from mvfr.atomic_io import save_npy
-from mvfr.datafolder import DataFolder
-from mvfr.mvs.face_inputs import FaceInputs, images_to_tensor, load_face_inputs
+from mvfr.base_maps import base_maps
+from mvfr.datafolder import DataError, DataFolder
+from mvfr.fitting import fit_to_surface
+from mvfr.mvs.face_inputs import FaceInputs, images_to_tensor, load_face_inputs, rebase_face_inputs
 from mvfr.mvs.geometry import step_offsets
 from mvfr.mvs.search import SearchPlan, search_face
-from mvfr.mesh_io import write_obj
+from mvfr.mesh_io import Mesh, read_obj, write_obj
 from mvfr.runtime import resolve_device, start_stage
 from mvfr.stage import run_faces, select_face_ids
 from mvfr.training import cached_per_checkpoint, read_checkpoint, warn_if_trained_otherwise
 from mvfr.uv_mesh import uv_grid_mesh
+from mvfr.uv_rasterizer import build_uv_table
 from options import parse_options
 
 log = logging.getLogger("eval_if")
@@ -103,20 +115,23 @@ def run_face(
     low_precision: bool | None = None,
     exclusion: float | None = None,
     conf_range: tuple[float, float] = (0.05, 0.2),
+    features=None,
 ) -> dict:
     """Search one face -> ``{"volume": [D, S, S] float32, "disp": [S, S] float32 units, "scored": [S, S] bool,
     "conf": [S, S] float32}`` plus seconds ``features_s``, ``search_s`` and the search's ``timings``
     (sampling, mlp, points). ``plan``: how d is searched (:class:`mvfr.mvs.search.SearchPlan`). ``disp``
     is the argmax displacement where the confidence is high and its smooth continuation where it is low
     (:func:`mvfr.confidence.continue_confident` with :func:`mvfr.confidence.fallback_weight`; ``conf_range``
-    = low, high; ``exclusion`` the rival-peak radius in steps, default 3 sigma of 1 mm)."""
+    = low, high; ``exclusion`` the rival-peak radius in steps, default 3 sigma of 1 mm). ``features``: the
+    views' features of an earlier search of the same crops (``out["features"]``), computed when None."""
     setup = face.setup.to(device)
     S, D = setup.size, setup.d_size
     low = low_precision_ok(device) if low_precision is None else low_precision
     timings: dict = {}
     with torch.inference_mode():
         t0 = time.perf_counter()
-        features = model.view_features(images_to_tensor(face.images, device), torch.bfloat16 if low else None)
+        if features is None:
+            features = model.view_features(images_to_tensor(face.images, device), torch.bfloat16 if low else None)
         t1 = time.perf_counter()
         argmax, vol = search_face(model, features, setup, plan, chunk, timings)
         t2 = time.perf_counter()
@@ -142,10 +157,36 @@ def run_face(
         "disp": disp.astype(np.float32),
         "scored": sc.reshape(S, S),
         "conf": conf.reshape(S, S),
+        "features": features,
         "features_s": t1 - t0,
         "search_s": t2 - t1,
         "timings": timings,
     }
+
+
+_TABLES: dict = {}
+
+
+def _uv_table(uvs: np.ndarray, face_uvs: np.ndarray, size: int):
+    """The UV table of a base topology (built once per topology and size, as gen_maps builds it)."""
+    key = (size, hash(np.ascontiguousarray(uvs).tobytes()), hash(np.ascontiguousarray(face_uvs).tobytes()))
+    if key not in _TABLES:
+        _TABLES[key] = build_uv_table(uvs, face_uvs, size)
+    return _TABLES[key]
+
+
+def refined_face(face: FaceInputs, out: dict, base: Mesh, opt) -> FaceInputs:
+    """``face`` searched again from its base moved onto the confident part of the search ``out``
+    (:func:`mvfr.fitting.fit_to_surface`; ``base`` the mesh ``face`` was built from, the model topology)."""
+    if base.uvs is None or base.face_uvs is None:
+        raise DataError(f"face {face.face_id}: the base mesh has no uvs, so the search cannot refine it; make it with "
+                        "gen_maps.py, or pass --refine_passes 0")
+    table = _uv_table(base.uvs, base.face_uvs, face.pos_map.shape[0])
+    points = face.pos_map + face.norm_map * out["disp"][..., None]
+    weight = np.where(out["scored"], confidence.fallback_weight(out["conf"], opt.conf_low, opt.conf_high), 0.0)
+    moved = fit_to_surface(base, table.face_index, table.bary, points, weight, face.mm_per_unit)
+    maps = base_maps(table, moved, smooth_iters=opt.normal_smooth_iters)
+    return rebase_face_inputs(face, maps["pos_map"], maps["norm_map"], moved.vertices, moved.faces)
 
 
 @torch.no_grad()  # scoped, not torch.set_grad_enabled(False): main() also runs inside other programs (tests)
@@ -167,17 +208,28 @@ def main(argv=None) -> int:
         warning = resolution_warning(train_opts, face.image_long_side, fid)
         if warning:
             log.warning(warning)
-        out = run_face(model, face, plan, chunk_size(opt.num_sample, device), device, exclusion=confidence.exclusion_steps(opt.sigma, opt.interval_scale),
-                       conf_range=(opt.conf_low, opt.conf_high))
+        search = functools.partial(run_face, model, plan=plan, chunk=chunk_size(opt.num_sample, device), device=device,
+                                   exclusion=confidence.exclusion_steps(opt.sigma, opt.interval_scale),
+                                   conf_range=(opt.conf_low, opt.conf_high))
+        out = search(face)
+        seconds = [out["features_s"], out["search_s"]]
+        for _ in range(opt.refine_passes):
+            face = refined_face(face, out, read_obj(folder.fit_mesh(fid)), opt)
+            out = search(face, features=out["features"])
+            seconds[1] += out["search_s"]
+        save_npy(folder.search_map(opt.split, "pos_map", fid), face.pos_map)
+        save_npy(folder.search_map(opt.split, "norm_map", fid), face.norm_map)
         save_npy(folder.volume(opt.split, fid), out["volume"].astype(np.float16))
         save_npy(folder.conf_map("if", fid), out["conf"])
         save_npy(folder.if_map(fid), out["disp"])
         pos = face.pos_map + face.norm_map * out["disp"][..., None]
         write_obj(folder.if_mesh(fid), uv_grid_mesh(pos, face.mask))
-        log.info("%s: features %.1f s, search (%s) %.1f s", fid, out["features_s"], opt.search, out["search_s"])
+        log.info("%s: features %.1f s, search (%s, %d passes) %.1f s", fid, seconds[0], opt.search, opt.refine_passes + 1,
+                 seconds[1])
 
     def done(fid: str) -> bool:
-        outputs = (folder.if_mesh(fid), folder.volume(opt.split, fid), folder.if_map(fid), folder.conf_map("if", fid))
+        outputs = (folder.if_mesh(fid), folder.volume(opt.split, fid), folder.if_map(fid), folder.conf_map("if", fid),
+                   folder.search_map(opt.split, "pos_map", fid), folder.search_map(opt.split, "norm_map", fid))
         return all(p.exists() for p in outputs)
 
     summary = run_faces(select_face_ids(folder, opt), process, done=done, overwrite=opt.overwrite, desc="eval_if")

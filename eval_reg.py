@@ -30,7 +30,7 @@ from mvfr import confidence
 from mvfr.atomic_io import load_npy, save_npy
 from mvfr.datafolder import DataFolder
 from mvfr.mesh_io import write_obj
-from mvfr.mvs.face_inputs import search_mask
+from mvfr.mvs.face_inputs import load_search_maps, search_mask
 from mvfr.regularisation import load_volume, predict_steps, refine_pos_map, step_units
 from mvfr.runtime import resolve_device, start_stage
 from mvfr.stage import run_faces, select_face_ids
@@ -68,8 +68,7 @@ def regularised_steps(opt, model: torch.nn.Module, vol: np.ndarray, mask: np.nda
 
 def process_face(opt, folder: DataFolder, model: torch.nn.Module, device, fid: str) -> None:
     """One face: volume + base maps -> ``pred/reg_map`` (pos_map, conf) and ``pred/reg_mesh`` (the stage's outputs)."""
-    pos = load_npy(folder.map(opt.split, "pos_map", fid))
-    nrm = load_npy(folder.map(opt.split, "norm_map", fid))
+    pos, nrm = load_search_maps(folder, opt.split, fid)  # the volume's frame (eval_if's refined base)
     vol = load_volume(folder.volume(opt.split, fid), d_size=opt.d_size, size=pos.shape[0])
     mask = search_mask(pos, nrm)
     steps, conf = regularised_steps(opt, model, vol, mask, device)

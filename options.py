@@ -81,6 +81,11 @@ def add_if_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--conf_high", type=float, default=0.2,
                    help="confidence from which a texel takes its searched displacement in full (linear in between; "
                         "0: no fallback, every texel takes its searched displacement)")
+    g.add_argument("--refine_passes", type=int, default=2,
+                   help="eval_if: searches that refine the base before the last one: the base mesh is moved smoothly "
+                        "onto the confident searched surface (mvfr.fitting.fit_to_surface) and searched again from there, "
+                        "so a base a centimetre off (the underside of the chin) is found; 0 = one search from the "
+                        "landmark base")
     g.add_argument("--feature_channels", type=int, default=128, help="channels of the per-view CNN feature")
     g.add_argument("--if_learning_rate", type=float, default=1e-4, help="Adam learning rate of the implicit function")
     g.add_argument("--if_training_epoch", type=int, default=20, help="training epochs (passes over the training faces)")
@@ -246,10 +251,11 @@ def add_import_options(p: argparse.ArgumentParser) -> None:
     src.add_argument("--colmap", type=str, default=None, help="COLMAP sparse model folder (cameras/images .txt or .bin)")
     src.add_argument("--metashape", type=str, default=None, help="Agisoft Metashape camera XML")
     src.add_argument("--transforms", type=str, default=None, help="NeRF/nerfstudio transforms.json")
-    src.add_argument("--opencv_yaml", type=str, default=None, help="folder of OpenCV <view>.yml|.yaml|.json (K, D, R, T)")
+    src.add_argument("--opencv_yaml", type=str, default=None, help="folder of OpenCV <view>.yml|.yaml|.json (K, D, R, T), or an EasyMocap / ZJU-MoCap "
+                          "intri.yml + extri.yml pair (their folder, or intri.yml itself; T in metres)")
     g.add_argument("--images", type=str, required=True, help="folder of the capture's images (JPEG, PNG or TIFF)")
     g.add_argument("--mm_per_unit", type=float, default=None,
-                   help="millimetres per calibration unit (default: none recorded; gen_maps.py estimates it from the template fit)")
+                   help="millimetres per calibration unit (default: none recorded; gen_maps.py estimates it from the base-model fit)")
     g.add_argument("--scan", type=str, default=None, help="ground-truth scan (PLY, calibration units), copied to RAW/mesh")
     g.add_argument("--split", choices=("train", "eval"), default="eval", help="split of id.json the capture joins")
     g.add_argument("--overwrite", action="store_true", help="replace a capture of the same id already in --out")

@@ -32,7 +32,7 @@ from models.reg_net import RegNet3D
 from mvfr import distributed
 from mvfr.stage import expand_ids
 from mvfr.datafolder import DataFolder
-from mvfr.mvs.face_inputs import search_mask
+from mvfr.mvs.face_inputs import load_search_maps, search_mask
 from mvfr.mvs.geometry import half_range
 from mvfr.regularisation import (
     gt_steps,
@@ -62,10 +62,16 @@ CKPT_FORMAT = "mvfr-reg-v1"
 
 def load_training_face(folder: DataFolder, fid: str, d_size: int, interval_mm: float) -> dict:
     """Volume (float16 in memory), GT steps, loss mask and network mask of one training face."""
-    pos = np.load(folder.map("train", "pos_map", fid))
-    nrm = np.load(folder.map("train", "norm_map", fid))
+    pos0 = np.load(folder.map("train", "pos_map", fid))
+    nrm0 = np.load(folder.map("train", "norm_map", fid))
     mv = np.load(folder.map("train", "mv_map", fid))
     valid = np.load(folder.map("train", "valid_map", fid)).astype(bool)
+    pos, nrm = load_search_maps(folder, "train", fid)  # the volume's frame: eval_if's refined base
+    if not np.array_equal(pos, pos0):
+        # the truth along the refined normals, approximately: the scan point found along the base normal,
+        # projected on the refined normal (the two lines differ by the refinement's tilt)
+        truth = pos0 + nrm0 * mv[..., None]
+        mv = np.where(valid, np.einsum("ijc,ijc->ij", truth - pos, nrm), 0.0).astype(np.float32)
     vol = load_volume(folder.volume("train", fid), d_size=d_size, size=pos.shape[0])
     step = step_units(interval_mm, folder.mm_per_unit(fid))
     target = gt_steps(mv, step, d_size)

@@ -2,7 +2,7 @@
 
 ``RAW/dpmap`` (synthetic data) holds the detail height ``h`` in template UV through the fixed map
 from the template's triangles to the ICT triangles they are made of
-(:func:`mvfr.face_model.template_to_ict_uv`): texel t is ``h(phi(t))``. The pipeline's
+(:func:`mvfr.uv_rasterizer.template_to_ict_uv`): texel t is ``h(phi(t))``. The pipeline's
 texel t, though, lies where this face's fitted base mesh (and, for the training textures, the
 ground-truth ray along its normal) puts it on the scan, a few mm from ``phi(t)``; the blended texture
 at t shows the skin *there*. Training on ``RAW/dpmap`` as it is
@@ -46,7 +46,7 @@ def _template_index():
     template positions ``[N, 2]`` (row, col) as fractions of the map side (texel centres)."""
     from scipy.spatial import cKDTree
 
-    from mvfr.face_model import template_to_ict_uv
+    from mvfr.uv_rasterizer import template_to_ict_uv
 
     uv, cov = template_to_ict_uv(INDEX_SIZE)
     rows, cols = np.nonzero(cov)

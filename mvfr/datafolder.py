@@ -191,6 +191,14 @@ class DataFolder(_Meta):
         _check_split(split)
         return self.root / "volume" / split / f"ori_volume_{fid}.npy"
 
+    def search_map(self, split: str, name: str, fid: str) -> Path:
+        """``volume/<split>/search_<name>_PPP_EE.npy`` (``name``: ``pos_map`` or ``norm_map``): the base surface
+        the volume beside it was searched from (eval_if's refined base; stage 3 reads the volume in its frame)."""
+        _check_split(split)
+        if name not in ("pos_map", "norm_map"):
+            raise ValueError(f"search maps are pos_map and norm_map, not {name!r}")
+        return self.root / "volume" / split / f"search_{name}_{fid}.npy"
+
     def if_map(self, fid: str) -> Path:
         return self.root / "pred" / "if_map" / f"disp_map_{fid}.npy"
 

@@ -157,22 +157,3 @@ def _load(model_path: str, ict_path: str) -> FaceModel:
 def load_face_model(path: str | Path | None = None, ict_path: str | Path | None = None) -> FaceModel:
     """The shipped base model (cached; its arrays are read-only)."""
     return _load(str(path or FACE_MODEL_NPZ), str(ict_path or ICT_NPZ))
-
-
-@functools.lru_cache(maxsize=4)
-def template_to_ict_uv(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """For every texel of an S x S template-UV map: its ICT face-tile uv ``[S, S, 2]`` and ``covered [S, S]``.
-
-    Exact: the base model's skin triangles are ICT triangles, so a texel's ICT uv is the barycentric
-    blend of its triangle's ICT uvs. Texels of the fills (eyes, mouth, nostrils: no ICT skin) are not
-    covered. (For data laid out in the ICT face tile, such as the synthesiser's detail maps.)"""
-    from mvfr.uv_rasterizer import template_uv_table
-
-    fm = load_face_model()
-    table = template_uv_table(size)
-    cov = table.covered & ~fm.fill[np.where(table.covered, table.face_index, 0)]
-    fidx = table.face_index[cov]
-    uv = np.einsum("nk,nkc->nc", table.bary[cov], fm.ict_uv[fm.faces[fidx]])
-    out = np.zeros((size, size, 2))
-    out[cov] = uv
-    return out, cov

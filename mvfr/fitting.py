@@ -396,3 +396,38 @@ def mm_per_unit_from_fit(fit: BaseFit) -> float:
     if not s > 0:
         raise ValueError(f"the base-model fit has a non-positive scale {s}")
     return 1.0 / s
+
+
+# ------------------------------------------------------------------- base refined onto a surface
+
+SURFACE_STIFFNESS = 2000.0  # stiffness of the correction onto a searched surface (:func:`fit_to_surface`)
+SURFACE_ROBUST_MM = 1.0  # residual scale of its Cauchy reweighting, mm
+SURFACE_MIN_WEIGHT = 0.5  # texels below this weight do not pull
+
+
+def fit_to_surface(mesh: Mesh, face_index: np.ndarray, bary: np.ndarray, points: np.ndarray, weights: np.ndarray,
+                   mm_per_unit: float, stiffness: float | None = None) -> Mesh:
+    """The base mesh moved smoothly onto a searched surface: :func:`smooth_correction` with one target per texel.
+
+    ``mesh`` (capture units, the model topology); the UV table of its topology as ``face_index [S, S]`` (-1 =
+    none) and ``bary [S, S, 3]``; ``points [S, S, 3]`` the searched surface (units) and ``weights [S, S]`` in
+    [0, 1] its evidence (stage 2's :func:`mvfr.confidence.fallback_weight`; below
+    :data:`SURFACE_MIN_WEIGHT` a texel does not pull). The correction is a thin plate (``stiffness``, default
+    :data:`SURFACE_STIFFNESS`) with Cauchy reweighting at :data:`SURFACE_ROBUST_MM`: it follows the confident
+    surface's shape at the scale of centimetres, not its noise, and carries its slope on into the parts
+    without evidence (the underside of the chin, where the base can be a centimetre off). Returns a new mesh
+    with vertex normals.
+    """
+    stiffness = SURFACE_STIFFNESS if stiffness is None else float(stiffness)
+    w = np.nan_to_num(np.asarray(weights, dtype=np.float64)).ravel()
+    fi = np.asarray(face_index).ravel()
+    sel = np.flatnonzero((w >= SURFACE_MIN_WEIGHT) & (fi >= 0) & np.isfinite(points.reshape(-1, 3)).all(1))
+    out = Mesh(np.asarray(mesh.vertices, dtype=np.float64).copy(), mesh.faces, uvs=mesh.uvs, face_uvs=mesh.face_uvs)
+    if len(sel) >= 3:
+        rows = np.repeat(np.arange(len(sel)), 3)
+        cols = np.asarray(mesh.faces)[fi[sel]].ravel()
+        B = sp.csr_matrix((np.asarray(bary).reshape(-1, 3)[sel].ravel(), (rows, cols)), shape=(len(sel), len(out.vertices)))
+        out.vertices, _, _ = smooth_correction(out.vertices, mesh.faces, B, points.reshape(-1, 3)[sel], w[sel], stiffness,
+                                               SURFACE_ROBUST_MM / mm_per_unit, iters=3)
+    out.normals = vertex_normals(out.vertices, out.faces)
+    return out

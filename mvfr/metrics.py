@@ -26,7 +26,10 @@ error: :func:`orient_towards_cameras` first makes every consistently wound patch
 Metric keys (exact, in this order, see :data:`METRIC_KEYS`):
 
 - ``accuracy_mean_mm``, ``accuracy_median_mm``: prediction -> GT distance of the prediction samples
-  whose closest GT point lies on a region face (prediction parts outside the face do not count).
+  whose closest GT point lies on a region face (prediction parts outside the face do not count) and
+  not on the scan's open edge (:func:`on_open_edge`: a scan that stops, cropped like FaceScape's or
+  with a hole, holds no truth beyond its edge, so a prediction that reaches further is not scored
+  there; a whole-head scan has no open edge in its face).
 - ``completeness_mean_mm``: GT region samples -> whole prediction.
 - ``chamfer_mm``: mean of ``accuracy_mean_mm`` and ``completeness_mean_mm``.
 - ``pct_within_0.5mm``, ``pct_within_1mm``, ``pct_within_2mm``: percent (0..100) of the accuracy
@@ -178,6 +181,34 @@ def sample_surface(
 
 
 # -------------------------------------------------------------------------------- facial region
+
+
+def on_open_edge(faces: np.ndarray, face_idx: np.ndarray, bary: np.ndarray, tol: float = 1e-6) -> np.ndarray:
+    """Which closest points lie on the mesh's open edge -> ``[P] bool``.
+
+    ``faces [F, 3]``; a closest point given by its face ``face_idx [P]`` and barycentric coordinates
+    ``bary [P, 3]``. It is on the open edge when a coordinate is within ``tol`` of 0 and the opposite
+    edge belongs to one face only, or when it sits on a vertex (two coordinates within ``tol``) that
+    lies on such an edge. A point beyond the edge of a surface always has its closest point there.
+    """
+    f = np.asarray(faces, dtype=np.int64)
+    F = len(f)
+    # edge k of a face is opposite corner k: (corner k+1, corner k+2)
+    a = np.concatenate([f[:, 1], f[:, 2], f[:, 0]])
+    b = np.concatenate([f[:, 2], f[:, 0], f[:, 1]])
+    key = np.minimum(a, b) * (int(f.max()) + 1) + np.maximum(a, b)
+    _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+    open_edge = (counts[inverse] == 1).reshape(3, F).T  # [F, 3]
+    open_vertex = np.zeros(int(f.max()) + 1, dtype=bool)
+    open_vertex[a[open_edge.T.ravel()]] = True
+    open_vertex[b[open_edge.T.ravel()]] = True
+    zero = np.asarray(bary) <= tol  # [P, 3]
+    fi = np.asarray(face_idx, dtype=np.int64)
+    on_edge = (zero & open_edge[fi]).any(1)
+    at_vertex = zero.sum(1) >= 2
+    corner = np.argmin(zero, axis=1)  # the coordinate that is not 0 at a vertex
+    on_vertex = at_vertex & open_vertex[f[fi, corner]]
+    return on_edge | on_vertex
 
 
 def _check_mask(mask: np.ndarray) -> np.ndarray:
@@ -339,10 +370,12 @@ def surface_metrics(
     if len(region_idx) == 0:
         raise ValueError("the facial region is empty: no GT face is inside the mask; check the mask and uvs")
 
-    # Accuracy: prediction samples -> whole GT, kept where the closest GT point is on a region face.
+    # Accuracy: prediction samples -> whole GT, kept where the closest GT point is on a region face
+    # and not on the scan's open edge.
     p_pts, p_face, p_bary = sample_surface(pv, pf, n_samples, seed)
     d_acc, g_closest, g_face = point_to_mesh(p_pts, gv, gf)
-    keep = region[g_face]
+    g_bary_all = barycentric(g_closest, gv[gf[g_face]])
+    keep = region[g_face] & ~on_open_edge(gf, g_face, g_bary_all)
     if not keep.any():
         raise ValueError("no prediction sample is closest to the facial region (prediction misses the face)")
     acc_mm = d_acc[keep] * mm_per_unit
@@ -358,7 +391,7 @@ def surface_metrics(
     # Normals at the accuracy samples: interpolated vertex normals on both sides, renormalised.
     n_pred, ok_p = _normalise(_interpolate(vertex_normals(pv, pf), pf, p_face[keep], p_bary[keep]))
     g_face_k = g_face[keep]
-    g_bary = barycentric(g_closest[keep], gv[gf[g_face_k]])
+    g_bary = g_bary_all[keep]
     n_gt, ok_g = _normalise(_interpolate(vertex_normals(gv, gf), gf, g_face_k, g_bary))
     ok = ok_p & ok_g
     cross = np.linalg.norm(np.cross(n_pred[ok], n_gt[ok]), axis=1)

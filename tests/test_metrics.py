@@ -150,6 +150,34 @@ def test_region_crops_both_directions():
     assert whole["completeness_mean_mm"] > 0.3
 
 
+def test_accuracy_stops_at_the_scans_open_edge():
+    # A scan that stops (a cropped 1 x 1 patch) holds no truth beyond its edge: a prediction 0.1 above it
+    # that reaches 0.5 further on every side, corners included, scores 0.1, as the same prediction cut to
+    # the scan does; before the rule its overhang read as error (mean well above 0.1).
+    gt = grid(0, 1, 0, 1, 5, 5)
+    wide = grid(-0.5, 1.5, -0.5, 1.5, 8, 8, z=0.1)
+    m = metrics.surface_metrics(wide, gt, all_faces(gt), 1.0, n_samples=N)
+    assert m["accuracy_mean_mm"] == pytest.approx(0.1, abs=1e-9)
+    assert m["pct_within_0.5mm"] == 100.0
+    # completeness is untouched: the scan is all within 0.1 of the prediction
+    assert m["completeness_mean_mm"] == pytest.approx(0.1, abs=1e-9)
+    # a scan with no open edge (a sphere) scores every sample, and an error inside the scan's face still counts
+    s = sphere(1.0, subdivisions=3)
+    bumped = Mesh(s.vertices * 1.05, s.faces)
+    assert metrics.surface_metrics(bumped, s, all_faces(s), 1.0, n_samples=N)["accuracy_mean_mm"] > 0.04
+    dent = grid(0.2, 0.8, 0.2, 0.8, 4, 4, z=0.3)
+    both = metrics.surface_metrics(concat(grid(0, 1, 0, 1, 5, 5, z=0.1), dent), gt, all_faces(gt), 1.0, n_samples=N)
+    assert both["accuracy_mean_mm"] > 0.13
+
+
+def test_on_open_edge_edges_and_corners():
+    gt = grid(0, 2, 0, 1, 2, 1)  # two cells, four triangles: the outline is open, the middle edges are not
+    pts = np.array([[-1.0, 0.5, 0.3], [0.5, -1.0, 0.0], [-1.0, -1.0, 0.0], [1.0, 0.5, 0.2], [0.7, 0.4, 1.0]])
+    _, closest, fidx = metrics.point_to_mesh(pts, gt.vertices, gt.faces)
+    bary = metrics.barycentric(closest, gt.vertices[gt.faces[fidx]])
+    np.testing.assert_array_equal(metrics.on_open_edge(gt.faces, fidx, bary), [True, True, True, False, False])
+
+
 def test_region_faces_from_vertices_majority_rule():
     faces = np.array([[0, 1, 2], [1, 2, 3], [2, 3, 4], [3, 4, 5]])
     vr = np.array([True, True, False, False, False, True])

@@ -240,3 +240,31 @@ def test_uv_grid_mesh_3x3_block_has_9_vertices_8_outward_triangles():
     np.testing.assert_allclose(fn, np.tile([0.0, 0.0, 1.0], (8, 1)), atol=1e-9)
     np.testing.assert_allclose(mesh.normals, np.tile([0.0, 0.0, 1.0], (9, 1)), atol=1e-9)
     assert mesh.uvs.shape == (9, 2)
+
+
+def test_train_reg_targets_follow_the_volumes_frame(tmp_path):
+    """train_reg reads the truth in the frame the volume was searched in: gen_maps' base without eval_if's
+    search maps, the refined base with them (here the base moved 0.5 units along its normals: every
+    target 0.5 units, 2.5 steps, less)."""
+    import train_reg
+    from mvfr.atomic_io import save_npy
+    from mvfr.datafolder import DataFolder
+
+    S, D, interval = 8, 21, 0.2  # mm per step; no Rt_scale_dict: 1 mm per unit
+    folder = DataFolder(tmp_path / "data")
+    folder.make_tree()
+    fid = "001_01"
+    yy, xx = np.mgrid[0:S, 0:S].astype(np.float32)
+    pos = np.stack([xx, yy, np.zeros_like(xx)], -1)
+    nrm = np.zeros_like(pos)
+    nrm[..., 2] = 1.0
+    mv = np.full((S, S), 1.0, np.float32)
+    for name, arr in (("pos_map", pos), ("norm_map", nrm), ("mv_map", mv), ("valid_map", np.ones((S, S), bool))):
+        save_npy(folder.map("train", name, fid), arr)
+    save_npy(folder.volume("train", fid), np.zeros((D, S, S), np.float16))
+    plain = train_reg.load_training_face(folder, fid, D, interval)
+    np.testing.assert_allclose(plain["target"], 5.0)
+    save_npy(folder.search_map("train", "pos_map", fid), pos + 0.5 * nrm)
+    save_npy(folder.search_map("train", "norm_map", fid), nrm)
+    moved = train_reg.load_training_face(folder, fid, D, interval)
+    np.testing.assert_allclose(moved["target"], 2.5, atol=1e-5)

@@ -99,7 +99,7 @@ def test_eval_if_uses_the_views_of_gen_maps_and_gen_tex_and_warns_about_resoluti
     other = tmp_path / "claims_1296.pt"
     torch.save(claims, other)
     common = ["--dataroot", str(folder.root), "--device", "cpu", "--d_size", str(D), "--interval_scale", str(INTERVAL),
-              "--split", "eval", "--overwrite", "--c2f_rounds", "0"]
+              "--split", "eval", "--overwrite", "--c2f_rounds", "0", "--refine_passes", "0"]  # the fabricated base has no uvs
     with caplog.at_level(logging.WARNING):
         assert run_script(eval_if, common + ["--if_checkpoint", str(other), "--if_view_num", "3"], monkeypatch) == 0
     face = seen[fid]
@@ -112,3 +112,24 @@ def test_eval_if_uses_the_views_of_gen_maps_and_gen_tex_and_warns_about_resoluti
         assert run_script(eval_if, common + ["--if_checkpoint", str(ckpt)], monkeypatch) == 0
     assert len(seen[fid].views) == 4  # default --if_view_num 10: every valid view
     assert not any("trained on" in r.getMessage() for r in caplog.records)
+
+
+def test_rebase_face_inputs_moves_the_hypothesis_lines_and_keeps_the_crops(if_data):
+    """The second search of eval_if: the same crops searched from another base. The same base gives the same
+    lines; a base moved k steps along its normals gives line origins k steps along (hp + k hn)."""
+    from mvfr.mesh_io import read_obj
+    from mvfr.mvs.face_inputs import load_face_inputs, rebase_face_inputs
+
+    folder, _ = if_data
+    fid = folder.face_ids("eval")[0]
+    face = load_face_inputs(folder, "eval", fid, D, INTERVAL, with_gt=False)
+    base = read_obj(folder.fit_mesh(fid))
+    same = rebase_face_inputs(face, face.pos_map, face.norm_map, base.vertices, base.faces)
+    for name in ("texels", "hp", "hn", "view_ok"):
+        assert torch.equal(getattr(same.setup, name), getattr(face.setup, name)), name
+    assert same.images is face.images and (same.setup.width, same.setup.height) == (face.setup.width, face.setup.height)
+    k = 3.0
+    moved = rebase_face_inputs(face, face.pos_map + k * face.step * face.norm_map, face.norm_map, base.vertices, base.faces)
+    torch.testing.assert_close(moved.setup.hp, face.setup.hp + k * face.setup.hn, atol=1e-3, rtol=1e-5)
+    torch.testing.assert_close(moved.setup.hn, face.setup.hn)
+    assert not torch.equal(moved.setup.hp, face.setup.hp)

@@ -8,7 +8,7 @@ import pytest
 from mvfr.camera import read_params
 from mvfr.datafolder import EXPRESSION_NAMES, RawFolder
 from mvfr.mesh_io import read_ply
-from mvfr.face_model import template_to_ict_uv
+from mvfr.uv_rasterizer import template_to_ict_uv
 from mvfr.synthesis import capture, correspondence, expressions, head, ict, meso, rig
 
 TINY = ["--num_ids", "2", "--num_exps", "1", "--num_views", "3", "--image_long_side", "256", "--seed", "3",

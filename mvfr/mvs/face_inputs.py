@@ -123,6 +123,37 @@ class FaceInputs:
     train_texels: np.ndarray | None = None
     image_long_side: int = 0  # long side of the processed (uncropped) images, in pixels: max over the views used
     views: tuple[str, ...] = ()  # the views used (mvfr.capture.load_capture with max_views=--if_view_num)
+    crop: tuple | None = None  # (K [V, 3, 3], Rt [V, 3, 4] of the crops, origins [V, 2], cameras): for rebase_face_inputs
+
+
+def rebase_face_inputs(face: FaceInputs, pos_map: np.ndarray, norm_map: np.ndarray, base_vertices: np.ndarray,
+                       base_faces: np.ndarray) -> FaceInputs:
+    """The same face, views and crops searched from another base surface (``pos_map``/``norm_map [S, S, 3]``
+    units and its mesh, e.g. :func:`mvfr.fitting.fit_to_surface`'s): the same texels, new hypothesis lines and
+    visibility. The crops stay: they reach the search half-range beyond the first base, which a refined base
+    does not leave. Training ground truth is not carried over (it belongs to the first base)."""
+    if face.crop is None:
+        raise ValueError("rebase_face_inputs needs FaceInputs made by load_face_inputs (they carry the crops)")
+    K, Rt, origins, cameras = face.crop
+    pos_map, norm_map = pos_map.astype(np.float32), norm_map.astype(np.float32)
+    setup = build_face_hypotheses(pos_map, norm_map, face.mask, K, Rt, face.setup.width, face.setup.height,
+                                  face.setup.d_size, face.step, base_vertices, base_faces)
+    _mask_padding(setup, cameras, origins)
+    return dataclasses.replace(face, setup=setup, pos_map=pos_map, norm_map=norm_map, gt_steps=None, train_texels=None)
+
+
+def load_search_maps(folder, split: str, fid: str) -> tuple[np.ndarray, np.ndarray]:
+    """``pos_map``, ``norm_map`` of the surface ``fid``'s volume was searched from: eval_if's
+    ``volume/<split>/search_*`` when both exist, else gen_maps' base maps (a volume made without them)."""
+    from mvfr.datafolder import DataError
+
+    paths = [folder.search_map(split, n, fid) for n in ("pos_map", "norm_map")]
+    if not all(p.is_file() for p in paths):
+        paths = [folder.map(split, n, fid) for n in ("pos_map", "norm_map")]
+    for p in paths:
+        if not p.is_file():
+            raise DataError(f"{p} does not exist; run gen_maps.py --split {split} (and eval_if.py) first")
+    return load_npy(paths[0]), load_npy(paths[1])
 
 
 SEARCH_RIM_TEXELS = 4  # at S = 256: how far the searched region reaches beyond the facial mask's outline
@@ -191,7 +222,8 @@ def load_face_inputs(
     setup = build_face_hypotheses(pos_map, norm_map, mask, K, Rt, W, H, d_size, step, base.vertices, base.faces)
     _mask_padding(setup, capture.cameras, origins)
     out = FaceInputs(fid, images, setup, mask, pos_map, norm_map, capture.mm_per_unit, step,
-                     image_long_side=max(max(c.width, c.height) for c in capture.cameras), views=tuple(capture.views))
+                     image_long_side=max(max(c.width, c.height) for c in capture.cameras), views=tuple(capture.views),
+                     crop=(K, Rt, origins, list(capture.cameras)))
     if with_gt:
         mv = need("mv_map").astype(np.float64)
         valid = need("valid_map").astype(bool)

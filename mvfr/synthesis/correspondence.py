@@ -21,7 +21,7 @@ So landmark i is "where the detector puts landmark i on a well-lit ICT face", av
 identities, and then moves with the ICT surface through every identity and expression: on a scan it
 lies exactly on the surface (:func:`landmarks_on_scan`).
 
-The dense map from the template UV to the ICT face-area uv (:func:`mvfr.face_model.template_to_ict_uv`)
+The dense map from the template UV to the ICT face-area uv (:func:`mvfr.uv_rasterizer.template_to_ict_uv`)
 is exact: the template is the base model, made of the ICT face area's own triangles.
 """
 
@@ -137,7 +137,7 @@ def template_dpmap(h: np.ndarray, size: int) -> np.ndarray:
 
     from mvfr.synthesis import meso
 
-    from mvfr.face_model import template_to_ict_uv
+    from mvfr.uv_rasterizer import template_to_ict_uv
 
     uv, cov = template_to_ict_uv(size)
     ratio = h.shape[0] / size  # face-tile texels per template texel (the two tiles have similar mm per texel)
