@@ -15,6 +15,9 @@ checkpoint. In-process use: ``model, _ = load_model(ckpt, device)`` once, then
 Where the score volume holds no evidence the texel stays on the base surface: the displacement is
 scaled by :func:`mvfr.confidence.fallback_weight` of the volume's confidence smoothed over a few
 texels (``--conf_low``, ``--conf_high``), written to ``pred/reg_map/conf_PPP_EE.npy`` ([S, S] float32).
+Over the base model's openings (the eye, mouth and nostril fills) the surface is the membrane its
+surroundings span (:func:`mvfr.regularisation.close_openings`; ``--no-close_openings``: what the search found).
+The maps and the volume are relative to eval_if's refined base (``volume/<split>/search_*``).
 """
 
 from __future__ import annotations
@@ -31,11 +34,12 @@ from mvfr.atomic_io import load_npy, save_npy
 from mvfr.datafolder import DataFolder
 from mvfr.mesh_io import write_obj
 from mvfr.mvs.face_inputs import load_search_maps, search_mask
-from mvfr.regularisation import load_volume, predict_steps, refine_pos_map, step_units
+from mvfr.regularisation import close_openings, load_volume, predict_steps, refine_pos_map, step_units
 from mvfr.runtime import resolve_device, start_stage
 from mvfr.stage import run_faces, select_face_ids
 from mvfr.training import cached_per_checkpoint, read_checkpoint, warn_if_trained_otherwise
 from mvfr.uv_mesh import uv_grid_mesh
+from mvfr.uv_rasterizer import fill_mask
 from options import parse_options
 
 CKPT_FORMAT = "mvfr-reg-v1"
@@ -75,6 +79,8 @@ def process_face(opt, folder: DataFolder, model: torch.nn.Module, device, fid: s
     save_npy(folder.conf_map("reg", fid), conf)
     disp = steps * step_units(opt.interval_scale, folder.mm_per_unit(fid))
     refined = refine_pos_map(pos, nrm, disp, mask)
+    if opt.close_openings:
+        refined = close_openings(refined, mask, fill_mask(pos.shape[0]))
     save_npy(folder.reg_map(fid), refined)
     write_obj(folder.reg_mesh(fid), uv_grid_mesh(refined, mask))
 

@@ -130,6 +130,9 @@ def add_reg_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reg_tile", type=int, default=0,
                    help="inference tile side, in texels, to bound memory (0 = one window over the face: ~5x less work, "
                         "~2.2 GB at D 201, S 256)")
+    g.add_argument("--close_openings", action=argparse.BooleanOptionalAction, default=True,
+                   help="eval_reg: over the base model's eye, mouth and nostril fills, the membrane the surrounding "
+                        "surface spans instead of what the search found behind them (an eyeball, teeth or noise)")
     g.add_argument("--reg_overlap", type=int, default=16, help="extra texels on each side of an inference tile (raised to the U-Net's receptive radius, so tiles equal whole-volume inference)")
 
 

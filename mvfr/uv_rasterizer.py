@@ -300,6 +300,19 @@ def _template_facial_mask(size: int) -> np.ndarray:
     return build_facial_mask(template_uv_table(size), load_face_model().facial)
 
 
+@functools.lru_cache(maxsize=8)
+def _template_fill_mask(size: int) -> np.ndarray:
+    from mvfr.face_model import load_face_model
+
+    return build_facial_mask(template_uv_table(size), load_face_model().fill)
+
+
+def fill_mask(size: int) -> np.ndarray:
+    """The texels of the base model's fill patches (the closed eye openings, mouth and nostrils) at S =
+    ``size``: [S, S] bool, a fresh copy. Not skin: what lies behind them is an eyeball, teeth or nothing."""
+    return _template_fill_mask(_check_size(size)).copy()
+
+
 def facial_mask(size: int) -> np.ndarray:
     """The template's facial region at S = ``size``, computed: [S, S] bool (row 0 is v = 1).
 

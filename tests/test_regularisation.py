@@ -268,3 +268,25 @@ def test_train_reg_targets_follow_the_volumes_frame(tmp_path):
     save_npy(folder.search_map("train", "norm_map", fid), nrm)
     moved = train_reg.load_training_face(folder, fid, D, interval)
     np.testing.assert_allclose(moved["target"], 2.5, atol=1e-5)
+
+
+def test_close_openings_spans_the_hole_with_the_surroundings_membrane():
+    """Behind an opening the search finds an eyeball or teeth: the texels of the opening take the membrane
+    their surroundings span (a plane stays a plane, to 1e-4), every other texel is left as it was; the
+    shipped model's fills are where the openings are."""
+    from mvfr.regularisation import close_openings
+    from mvfr.uv_rasterizer import facial_mask, fill_mask
+
+    S = 32
+    yy, xx = np.mgrid[0:S, 0:S].astype(np.float32)
+    plane = np.stack([xx, yy, 0.3 * xx - 0.2 * yy + 5.0], -1)
+    mask = np.ones((S, S), bool)
+    mask[:, :2] = False
+    hole = (np.abs(yy - 15) < 4) & (np.abs(xx - 12) < 7)
+    found = plane.copy()
+    found[hole, 2] -= 8.0  # an eyeball 8 units behind
+    out = close_openings(found, mask, hole)
+    np.testing.assert_allclose(out[hole], plane[hole], atol=1e-4)
+    np.testing.assert_array_equal(out[~hole], found[~hole])
+    fills = fill_mask(256)
+    assert 0.01 < fills.sum() / facial_mask(256).sum() < 0.05 and not (fills & ~facial_mask(256)).any()
