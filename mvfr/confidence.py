@@ -78,6 +78,25 @@ def smooth_confidence(conf: np.ndarray, mask: np.ndarray, sigma_texels: float | 
     return np.where(mask, num / np.maximum(den, 1e-6), 0.0).astype(np.float32)
 
 
+def grid_laplacian(mask: np.ndarray):
+    """The graph Laplacian ``L = D - A`` (scipy CSR ``[n, n]``) of the 4-neighbour grid over the ``n`` texels of
+    ``mask [S, S]`` (row-major order), and ``index [S, S]`` int64: each texel's row (-1 outside the mask)."""
+    import scipy.sparse as sp
+
+    mask = np.asarray(mask, dtype=bool)
+    n = int(mask.sum())
+    idx = np.full(mask.shape, -1, np.int64)
+    idx[mask] = np.arange(n)
+    rows, cols = [], []
+    for a, b in ((idx[:, :-1], idx[:, 1:]), (idx[:-1, :], idx[1:, :])):
+        ok = (a >= 0) & (b >= 0)
+        rows.append(a[ok])
+        cols.append(b[ok])
+    i, j = np.concatenate(rows), np.concatenate(cols)
+    A = sp.csr_matrix((np.ones(2 * len(i)), (np.r_[i, j], np.r_[j, i])), shape=(n, n))
+    return (sp.diags(np.asarray(A.sum(1)).ravel()) - A).tocsr(), idx
+
+
 def continue_confident(values: np.ndarray, weight: np.ndarray, mask: np.ndarray,
                        reach_texels: float | None = None) -> np.ndarray:
     """Keep ``values`` where the evidence is strong and continue them smoothly where it is weak.
@@ -100,19 +119,9 @@ def continue_confident(values: np.ndarray, weight: np.ndarray, mask: np.ndarray,
     S = v.shape[0]
     reach = CONTINUATION_TEXELS * S / 256.0 if reach_texels is None else float(reach_texels)
     out = np.zeros(v.shape, np.float32)
-    idx = np.full(v.shape, -1, np.int64)
-    idx[mask] = np.arange(int(mask.sum()))
-    n = int(mask.sum())
-    if n == 0:
+    if not mask.any():
         return out
-    rows, cols = [], []
-    for a, b in ((idx[:, :-1], idx[:, 1:]), (idx[:-1, :], idx[1:, :])):
-        ok = (a >= 0) & (b >= 0)
-        rows.append(a[ok])
-        cols.append(b[ok])
-    i, j = np.concatenate(rows), np.concatenate(cols)
-    A = sp.csr_matrix((np.ones(2 * len(i)), (np.r_[i, j], np.r_[j, i])), shape=(n, n))
-    L = sp.diags(np.asarray(A.sum(1)).ravel()) - A
+    L, _ = grid_laplacian(mask)
     wm, vm = w[mask], v[mask]
     K = (sp.diags(wm + 1.0 / max(reach, 1e-6) ** 2) + L).tocsc()
     f = spla.splu(K).solve(wm * vm)

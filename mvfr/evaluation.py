@@ -31,6 +31,7 @@ from mvfr.mesh_io import Mesh, read_mesh
 from mvfr.metrics import (
     STAGE_ORDER,
     facial_region_from_surface,
+    open_edges,
     orient_towards_cameras,
     region_faces_from_vertices,
     surface_metrics,
@@ -167,7 +168,8 @@ def evaluate_face(
     region, source = gt_region(gt, folder, raw, fid, mm, scan_region)
     log.info("%s: facial region %d of %d scan faces, from %s", fid, int(region.sum()), len(region), source)
     result = {}
+    edges = open_edges(gt.faces)  # once per scan, not per stage
     for stage, path in outputs.items():
-        result[stage] = surface_metrics(read_mesh(path), gt, region, mm, n_samples=n_samples, seed=seed)
+        result[stage] = surface_metrics(read_mesh(path), gt, region, mm, n_samples=n_samples, seed=seed, gt_open_edges=edges)
         log.info("%s %s: chamfer %.3f mm", fid, stage, result[stage]["chamfer_mm"])
     return result

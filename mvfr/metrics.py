@@ -183,14 +183,9 @@ def sample_surface(
 # -------------------------------------------------------------------------------- facial region
 
 
-def on_open_edge(faces: np.ndarray, face_idx: np.ndarray, bary: np.ndarray, tol: float = 1e-6) -> np.ndarray:
-    """Which closest points lie on the mesh's open edge -> ``[P] bool``.
-
-    ``faces [F, 3]``; a closest point given by its face ``face_idx [P]`` and barycentric coordinates
-    ``bary [P, 3]``. It is on the open edge when a coordinate is within ``tol`` of 0 and the opposite
-    edge belongs to one face only, or when it sits on a vertex (two coordinates within ``tol``) that
-    lies on such an edge. A point beyond the edge of a surface always has its closest point there.
-    """
+def open_edges(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mesh's open edge: ``[F, 3]`` bool, edge k of a face (opposite corner k) belongs to that face
+    only, and ``[V]`` bool, the vertices on such an edge. Computed once per scan (:func:`on_open_edge`)."""
     f = np.asarray(faces, dtype=np.int64)
     F = len(f)
     # edge k of a face is opposite corner k: (corner k+1, corner k+2)
@@ -202,6 +197,21 @@ def on_open_edge(faces: np.ndarray, face_idx: np.ndarray, bary: np.ndarray, tol:
     open_vertex = np.zeros(int(f.max()) + 1, dtype=bool)
     open_vertex[a[open_edge.T.ravel()]] = True
     open_vertex[b[open_edge.T.ravel()]] = True
+    return open_edge, open_vertex
+
+
+def on_open_edge(faces: np.ndarray, face_idx: np.ndarray, bary: np.ndarray, tol: float = 1e-6,
+                 edges: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Which closest points lie on the mesh's open edge -> ``[P] bool``.
+
+    ``faces [F, 3]``; a closest point given by its face ``face_idx [P]`` and barycentric coordinates
+    ``bary [P, 3]``. It is on the open edge when a coordinate is within ``tol`` of 0 and the opposite
+    edge belongs to one face only, or when it sits on a vertex (two coordinates within ``tol``) that
+    lies on such an edge. A point beyond the edge of a surface always has its closest point there.
+    ``edges``: :func:`open_edges` of ``faces``, computed when None.
+    """
+    f = np.asarray(faces, dtype=np.int64)
+    open_edge, open_vertex = open_edges(f) if edges is None else edges
     zero = np.asarray(bary) <= tol  # [P, 3]
     fi = np.asarray(face_idx, dtype=np.int64)
     on_edge = (zero & open_edge[fi]).any(1)
@@ -347,13 +357,15 @@ def surface_metrics(
     mm_per_unit: float,
     n_samples: int = 200_000,
     seed: int = 0,
+    gt_open_edges: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Errors of a predicted mesh against a GT scan inside the facial region, in mm (DESIGN §6).
 
     ``pred``, ``gt``: meshes in the same capture units; ``gt_region_faces [F_gt] bool`` (from
     :func:`region_faces_from_vertices` or :func:`facial_region_from_surface`); ``mm_per_unit`` > 0;
     ``n_samples`` points are drawn on the prediction (seed ``seed``) and on the GT region (seed
-    ``seed + 1``). Returns ``{key: float}`` with the keys of :data:`METRIC_KEYS` (see the module
+    ``seed + 1``); ``gt_open_edges``: :func:`open_edges` of ``gt.faces`` when several predictions are scored
+    against one scan (computed when None). Returns ``{key: float}`` with the keys of :data:`METRIC_KEYS` (see the module
     docstring for each definition). Raises ValueError on an empty region, a prediction that does
     not reach the region, NaN vertices or ``mm_per_unit <= 0``.
     """
@@ -375,7 +387,7 @@ def surface_metrics(
     p_pts, p_face, p_bary = sample_surface(pv, pf, n_samples, seed)
     d_acc, g_closest, g_face = point_to_mesh(p_pts, gv, gf)
     g_bary_all = barycentric(g_closest, gv[gf[g_face]])
-    keep = region[g_face] & ~on_open_edge(gf, g_face, g_bary_all)
+    keep = region[g_face] & ~on_open_edge(gf, g_face, g_bary_all, edges=gt_open_edges)
     if not keep.any():
         raise ValueError("no prediction sample is closest to the facial region (prediction misses the face)")
     acc_mm = d_acc[keep] * mm_per_unit

@@ -270,9 +270,10 @@ def close_openings(pos_map: np.ndarray, mask: np.ndarray, openings: np.ndarray) 
     finds behind an opening is an eyeball, teeth or noise, not skin; the membrane closes it as the base
     model's fill does, on the rim the photographs gave. ``pos_map [S, S, 3]``, ``mask``/``openings [S, S]``
     bool -> ``[S, S, 3]`` float32 (an opening with no texel of ``mask`` around it is left alone)."""
-    import scipy.sparse as sp
     import scipy.sparse.linalg as spla
     from scipy import ndimage
+
+    from mvfr.confidence import grid_laplacian
 
     mask = np.asarray(mask, dtype=bool)
     hole = np.asarray(openings, dtype=bool) & mask
@@ -280,32 +281,14 @@ def close_openings(pos_map: np.ndarray, mask: np.ndarray, openings: np.ndarray) 
     labels, _ = ndimage.label(hole)
     touching = np.unique(labels[ndimage.binary_dilation(mask & ~hole) & hole])
     hole &= np.isin(labels, touching[touching > 0])
-    n = int(hole.sum())
-    if n == 0:
+    if not hole.any():
         return out.astype(np.float32)
-    idx = np.full(hole.shape, -1, np.int64)
-    idx[hole] = np.arange(n)
-    rows, cols, vals = [], [], []
-    rhs = np.zeros((n, 3))
-    degree = np.zeros(n)
-    S0, S1 = hole.shape
-    for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
-        ys, xs = np.nonzero(hole)
-        ny, nx = ys + dy, xs + dx
-        inside = (ny >= 0) & (ny < S0) & (nx >= 0) & (nx < S1)
-        ys, xs, ny, nx = ys[inside], xs[inside], ny[inside], nx[inside]
-        me = idx[ys, xs]
-        exists = mask[ny, nx]
-        degree += np.bincount(me[exists], minlength=n)
-        other = idx[ny, nx]
-        unknown = exists & (other >= 0)
-        rows.append(me[unknown])
-        cols.append(other[unknown])
-        known = exists & (other < 0)
-        np.add.at(rhs, me[known], out[ny[known], nx[known]])
-    A = sp.csr_matrix((np.full(sum(len(r) for r in rows), -1.0), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
-    A = (A + sp.diags(degree)).tocsc()
-    out[hole] = spla.splu(A).solve(rhs)
+    L, _ = grid_laplacian(mask)
+    unknown = hole[mask]  # rows of L
+    known = ~unknown
+    L = L.tocsc()
+    rhs = -(L[unknown][:, known] @ out[mask][known])
+    out[hole] = spla.splu(L[unknown][:, unknown].tocsc()).solve(rhs)
     return out.astype(np.float32)
 
 

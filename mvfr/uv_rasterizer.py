@@ -293,24 +293,18 @@ def build_facial_mask(table: UVTable, facial_faces: np.ndarray) -> np.ndarray:
     return table.covered & facial_faces[np.where(table.covered, table.face_index, 0)]
 
 
-@functools.lru_cache(maxsize=8)
-def _template_facial_mask(size: int) -> np.ndarray:
+@functools.lru_cache(maxsize=16)
+def _template_triangle_mask(size: int, which: str) -> np.ndarray:
+    """The texels of the base model's triangles flagged by its ``which`` attribute (``facial``, ``fill``)."""
     from mvfr.face_model import load_face_model
 
-    return build_facial_mask(template_uv_table(size), load_face_model().facial)
-
-
-@functools.lru_cache(maxsize=8)
-def _template_fill_mask(size: int) -> np.ndarray:
-    from mvfr.face_model import load_face_model
-
-    return build_facial_mask(template_uv_table(size), load_face_model().fill)
+    return build_facial_mask(template_uv_table(size), getattr(load_face_model(), which))
 
 
 def fill_mask(size: int) -> np.ndarray:
     """The texels of the base model's fill patches (the closed eye openings, mouth and nostrils) at S =
     ``size``: [S, S] bool, a fresh copy. Not skin: what lies behind them is an eyeball, teeth or nothing."""
-    return _template_fill_mask(_check_size(size)).copy()
+    return _template_triangle_mask(_check_size(size), "fill").copy()
 
 
 def facial_mask(size: int) -> np.ndarray:
@@ -321,7 +315,7 @@ def facial_mask(size: int) -> np.ndarray:
     nostrils closed by their fills): one region without holes; the model's margin lies around it.
     Used for losses and metrics. A fresh copy (the computation is cached).
     """
-    return _template_facial_mask(_check_size(size)).copy()
+    return _template_triangle_mask(_check_size(size), "facial").copy()
 
 
 def write_facial_mask_png(path: str | os.PathLike | None = None, size: int = FACIAL_MASK_PNG_SIZE) -> Path:
