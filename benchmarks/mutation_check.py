@@ -56,7 +56,7 @@ MUTATIONS = [
         "confidence-fallback", "eval_reg.py",
         "return steps * confidence.fallback_weight(conf, opt.conf_low, opt.conf_high), conf",
         "return steps, conf",
-        ("tests/test_few_views.py::test_flat_score_region_stays_on_the_base_surface_in_eval_reg",),
+        ("tests/test_few_views.py::test_flat_score_region_continues_the_confident_surface_in_eval_reg",),
         "eval_reg keeps the regulariser's displacement where the score volume has no evidence",
     ),
     Mutation(
@@ -150,7 +150,7 @@ MUTATIONS = [
     Mutation(
         "reg-mm-per-unit", "mvfr/regularisation.py",
         "return float(interval_scale_mm) / float(mm_per_unit)", "return float(interval_scale_mm) * float(mm_per_unit)",
-        (FEW_VIEWS + "::test_flat_score_region_stays_on_the_base_surface_in_eval_reg",),
+        (FEW_VIEWS + "::test_flat_score_region_continues_the_confident_surface_in_eval_reg",),
         "the regularised displacement converted to capture units with mm per unit the wrong way round",
     ),
     Mutation(
