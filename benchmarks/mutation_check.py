@@ -54,14 +54,14 @@ CHAIN = ("tests/test_demo_chain.py", "tests/test_import_capture.py::test_native_
 MUTATIONS = [
     Mutation(
         "confidence-fallback", "eval_reg.py",
-        "return steps * confidence.fallback_weight(conf, opt.conf_low, opt.conf_high), conf",
+        "return confidence.continue_confident(steps, confidence.fallback_weight(conf, opt.conf_low, opt.conf_high), mask), conf",
         "return steps, conf",
         ("tests/test_few_views.py::test_flat_score_region_continues_the_confident_surface_in_eval_reg",),
         "eval_reg keeps the regulariser's displacement where the score volume has no evidence",
     ),
     Mutation(
         "if-confidence-fallback", "eval_if.py",
-        "step_offsets(D)[argmax] * setup.step * keep", "step_offsets(D)[argmax] * setup.step",
+        "keep = np.where(scored, confidence.fallback_weight(conf_t, *conf_range), 0.0)", "keep = np.where(scored, 1.0, 0.0)",
         (FEW_VIEWS + "::test_flat_score_texel_stays_on_the_base_surface_in_eval_if",),
         "eval_if keeps the argmax of a score without evidence",
     ),
@@ -161,10 +161,10 @@ MUTATIONS = [
     ),
     Mutation(
         "if-displacement-sign", "eval_if.py",
-        "disp_t = np.where(scored, step_offsets(D)[argmax] * setup.step * keep, 0.0)",
-        "disp_t = np.where(scored, -step_offsets(D)[argmax] * setup.step * keep, 0.0)",
+        "steps[face.mask.ravel()] = np.where(scored, step_offsets(D)[argmax], 0.0)",
+        "steps[face.mask.ravel()] = np.where(scored, -step_offsets(D)[argmax], 0.0)",
         CHAIN,
-        "the IF surface moved against the normal by the displacement it found (the score volume, and so reg, unchanged)",
+        "the IF surface moved against the normal by the displacement it found (and the refined base of the later searches with it)",
     ),
     Mutation(
         "metrics-mm-per-unit", "mvfr/metrics.py",

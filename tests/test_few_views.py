@@ -195,6 +195,7 @@ def test_flat_score_region_continues_the_confident_surface_in_eval_reg(tmp_path)
     assert np.abs(lift_mm[~mask]).max() == 0.0
     profile = np.array([lift_mm[mask & (cols == c)].mean() for c in range(11, 30)])
     assert np.all(np.diff(profile) <= 1e-6) and profile[0] > 1.0  # carried over, fading with distance
+    assert profile[0] - profile[7] > 1.0  # it fades across the rivals' third, where a soft-argmax would hold level
     assert np.abs(lift_mm[flat]).max() < 0.03 * 10 * interval  # 4 reaches from any evidence: 3 % of the lift left
     conf = np.load(folder.conf_map("reg", fid))
     assert conf[sharp].min() > 0.85 and conf[rivals].max() < 0.05 and conf[flat].max() == 0.0
