@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from mvfr.datafolder import EXPRESSION_NAMES, RawFolder, face_id
 from mvfr.runtime import setup_logging
-from mvfr.synthesis.capture import SynthOptions, capture_dpmap, capture_plan, synthesize_capture, write_capture, write_metadata
+from mvfr.synthesis.capture import SynthOptions, capture_dpmap, capture_plan, capture_scan, synthesize_capture, write_capture, write_metadata
 from options import parse_options
 
 
@@ -48,21 +48,30 @@ def expression_ids(pid: int, opt) -> list[int]:
     return sorted(int(e) + 1 for e in rng.choice(len(EXPRESSION_NAMES), opt.num_exps, replace=False))
 
 
-def _rewrite_dpmaps(raw: RawFolder, ids, sopt, opt) -> int:
-    """``--dpmap_only``: rewrite RAW/dpmap of every existing capture of ``ids`` (template UV of today)."""
+def _rewrite_ground_truth(raw: RawFolder, ids, sopt, opt) -> int:
+    """``--dpmap_only`` / ``--scan_only``: rewrite RAW/dpmap (template UV of today) or RAW/mesh and
+    RAW/region (at ``--scan_level``) of every existing capture of ``ids``, from the seed, without rendering."""
     from mvfr.atomic_io import save_npy
+    from mvfr.mesh_io import write_ply
 
+    what = "--scan_only" if opt.scan_only else "--dpmap_only"
     if opt.world != "v2":
-        print("gen_synthetic.py: --dpmap_only works for --world v2 only", file=sys.stderr)
+        print(f"gen_synthetic.py: {what} works for --world v2 only", file=sys.stderr)
         return 2
     done = 0
-    for pid, eid in tqdm(ids, desc="gen_synthetic --dpmap_only", unit="face", file=sys.stderr):
+    for pid, eid in tqdm(ids, desc=f"gen_synthetic {what}", unit="face", file=sys.stderr):
         fid = face_id(pid, eid)
         if not raw.params(fid).is_file():
-            continue  # not generated (yet): a later full run writes its dpmap in the current UV anyway
-        save_npy(raw.meso_dpmap(fid), capture_dpmap(pid, eid, sopt))
+            continue  # not generated (yet): a later full run writes it as asked anyway
+        if opt.scan_only:
+            scan, region = capture_scan(pid, eid, sopt)
+            write_ply(raw.scan(fid), scan)
+            save_npy(raw.region(fid), region.astype(bool))
+        else:
+            save_npy(raw.meso_dpmap(fid), capture_dpmap(pid, eid, sopt))
         done += 1
-    print(f"rewrote {done} dpmaps ({sopt.dpmap_size} x {sopt.dpmap_size}, template UV) in {raw.root}")
+    what_done = f"scans (level {sopt.scan_level})" if opt.scan_only else f"dpmaps ({sopt.dpmap_size} x {sopt.dpmap_size}, template UV)"
+    print(f"rewrote {done} {what_done} in {raw.root}")
     return 0
 
 
@@ -81,8 +90,8 @@ def main(argv=None) -> int:
     )
     pids = list(range(opt.first_id, opt.first_id + opt.num_ids))
     ids = [(p, e) for p in pids for e in expression_ids(p, opt)]
-    if opt.dpmap_only:
-        return _rewrite_dpmaps(raw, ids, sopt, opt)
+    if opt.dpmap_only or opt.scan_only:
+        return _rewrite_ground_truth(raw, ids, sopt, opt)
     select, rt_scale = {}, {}
     for pid, eid in tqdm(ids, desc="gen_synthetic", unit="face", file=sys.stderr):
         exists = raw.params(face_id(pid, eid)).is_file() and not opt.overwrite

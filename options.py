@@ -188,6 +188,10 @@ def add_synthetic_options(p: argparse.ArgumentParser) -> None:
                         "recomputed from --seed without rendering (e.g. after a template UV change); the other "
                         "options must be the ones the tree was generated with (--seed, --dpmap_size, --albedo_size, "
                         "--detail_gain, --num_ids, --num_exps, ...); images, scans and metadata are left alone")
+    g.add_argument("--scan_only", action="store_true",
+                   help="rewrite only RAW/mesh and RAW/region of the captures already in --out (v2 only), recomputed "
+                        "from --seed without rendering, at --scan_level (e.g. a --scan_level 2 training tree at level 3 "
+                        "for stage 5's residual target); the other options must be the ones the tree was generated with")
 
 
 def add_mkdirs_options(p: argparse.ArgumentParser) -> None:
@@ -226,9 +230,16 @@ def add_dpmap_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dp_loss_levels", type=int, default=4, help="scales of the average pyramid the L1 and gradient losses are averaged over (1 = full resolution only)")
     g.add_argument("--dp_lambda_gan", type=float, default=0.0, help="weight of the LSGAN adversarial term (0 = off)")
     g.add_argument("--dp_ndf", type=int, default=32, help="channels of the PatchGAN discriminator (with --dp_lambda_gan > 0)")
-    g.add_argument("--dp_target", choices=("registered", "as_is"), default="registered",
-                   help="ground truth of training and --score: RAW/dpmap registered to where the face's own UV lands on the scan "
-                        "(synthetic scans with uv, see dpmap_pred/targets.py), or as_is (RAW/dpmap already in each face's own UV)")
+    g.add_argument("--dp_target", choices=("residual", "registered", "as_is"), default=None,
+                   help="ground truth of training and --score: residual = the signed distance along the normals from the surface "
+                        "the map is added to (the reg mesh smoothed and subdivided as dpmap2mesh does) to the scan, which any "
+                        "capture with scans provides; registered = RAW/dpmap at the scan point under each texel (synthetic scans "
+                        "with uv); as_is = RAW/dpmap already in each face's own UV (see dpmap_pred/targets.py). Default: "
+                        "residual for training, the checkpoint's for main.py --score")
+    g.add_argument("--dp_target_surface", choices=("reg", "truth"), default="reg",
+                   help="training, --dp_target residual: the surface of the training faces the residual is measured from: their "
+                        "own pred/reg_mesh (what inference adds to; run eval_if/eval_reg on them first) or the ground-truth "
+                        "surface of their maps, smoothed and subdivided the same way")
     g.add_argument("--dp_log_every", type=int, default=25, help="steps between log lines")
     g.add_argument("--dp_save_every", type=int, default=250, help="steps between checkpoints")
     g.add_argument("--dp_resume", type=str, default="auto", help="checkpoint to resume: auto = latest in DATA/checkpoints/dpmap, none = start afresh, or a path")
@@ -238,9 +249,14 @@ def add_dpmap_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--output", type=str, default=None, help="main.py: folder for the displacement maps of --input")
     g.add_argument("--score", action="store_true",
                    help="main.py: compare the maps with the ground truth RAW/dpmap (synthetic data); plain inference never reads RAW")
-    g.add_argument("--dp_smooth_iters", type=int, default=30,
-                   help="dpmap2mesh: Taubin smoothing iterations of the reg mesh before the detail is added (0 = none)")
-    g.add_argument("--dp_subdiv_levels", type=int, default=-1, help="dpmap2mesh: Loop subdivision levels of the reg mesh (-1 = enough for one vertex per displacement texel, at most 3)")
+    g.add_argument("--dp_smooth_iters", type=int, default=None,
+                   help="Taubin smoothing iterations of the reg mesh before the detail is added (0 = none). Training: "
+                        "the application surface the residual target is measured from (default 30); main.py/dpmap2mesh: "
+                        "default = what the checkpoint was trained with (recorded in each map's JSON); another value "
+                        "is used with a warning")
+    g.add_argument("--dp_subdiv_levels", type=int, default=None,
+                   help="Loop subdivision levels of the reg mesh (-1 = enough for one vertex per displacement texel, at most 3); "
+                        "training default -1, main.py/dpmap2mesh default = the checkpoint's, like --dp_smooth_iters")
     g.add_argument("--dp_mesh", type=str, default=None, help="dpmap2mesh: mesh to displace instead of DATA/pred/reg_mesh (with --dp_map and --output)")
     g.add_argument("--dp_map", type=str, default=None, help="dpmap2mesh: displacement PNG to apply to --dp_mesh")
     g.add_argument("--dp_mm_per_unit", type=float, default=None, help="dpmap2mesh: millimetres per mesh unit for --dp_mesh (default 1.0)")

@@ -4,12 +4,14 @@
         [--split eval] [--out docs/meso_vs_gt_closeup.jpg] [--box 0.55 0.30 0.25]
 
 Two rows per face. In template UV: the blended texture, the predicted displacement
-(``pred/dp_map``) and the ground truth registered to the reg surface
-(:func:`dpmap_pred.targets.dp_target`), all cropped to the same box of the UV square (``--box top
-left side``, fractions; default: a cheek) and the two maps on one grey scale (+-3 ground-truth
-std). As meshes: the reg mesh, the meso mesh (``pred/meso_mesh``) and the scan, seen from the
-camera that looks most squarely at the box's centre under one raking light, cropped around it
-(``--mesh_crop_mm`` across) and on the scan's grey scale. Prints each face's Pearson r inside the crop.
+(``pred/dp_map``) and the ground truth the checkpoint was trained for, measured on this face
+(:func:`dpmap_pred.targets.dp_target` with the application surface recorded in the map's JSON: by
+default the residual from the smoothed, subdivided reg surface to the scan), all cropped to the same
+box of the UV square (``--box top left side``, fractions; default: a cheek) at the map's size, the two
+maps on one grey scale (+-3 ground-truth std). As meshes: the reg mesh, the meso mesh
+(``pred/meso_mesh``) and the scan, seen from the camera that looks most squarely at the box's centre
+under one raking light, cropped around it (``--mesh_crop_mm`` across) and on the scan's grey scale.
+Prints each face's Pearson r inside the crop.
 """
 
 import argparse
@@ -23,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dpmap_pred.encoding import read_dpmap  # noqa: E402
 from dpmap_pred.inference import resize_image  # noqa: E402
-from dpmap_pred.targets import dp_target  # noqa: E402
+from dpmap_pred.targets import Target, dp_target  # noqa: E402
 from mvfr.atomic_io import load_image  # noqa: E402
 from mvfr.camera import scale_camera  # noqa: E402
 from mvfr.capture import load_capture  # noqa: E402
@@ -32,7 +34,6 @@ from mvfr.mesh_io import read_mesh  # noqa: E402
 from mvfr.mesh_io import vertex_normals  # noqa: E402
 from mvfr.render import Lighting, Renderer, RenderMesh  # noqa: E402
 
-SIZE = 512
 PANEL = 320
 
 
@@ -100,13 +101,16 @@ def main() -> None:
     p.add_argument("--out", default="docs/meso_vs_gt_closeup.jpg")
     a = p.parse_args()
     folder, raw = DataFolder(a.dataroot), RawFolder(a.facescape_dataroot)
-    top, left, side = (int(round(v * SIZE)) for v in a.box)
-    crop = (slice(top, top + side), slice(left, left + side))
     rows = []
     for fid in a.ids:
-        tex = resize_image(load_image(folder.texture(fid)), SIZE)[crop]
-        pred = resize_image(read_dpmap(folder.dp_map(fid))[0], SIZE)[crop]
-        gt = dp_target(folder, raw, a.split, fid, SIZE)[crop]
+        pred, info = read_dpmap(folder.dp_map(fid))
+        size = pred.shape[0]
+        top, left, side = (int(round(v * size)) for v in a.box)
+        crop = (slice(top, top + side), slice(left, left + side))
+        target = Target.from_options({"dp_target": "residual", **info.get("application_surface", {})})
+        tex = resize_image(load_image(folder.texture(fid)), size)[crop]
+        pred = pred[crop]
+        gt = dp_target(folder, raw, a.split, fid, size, target)[crop]
         ok = np.isfinite(gt)
         r = float(np.corrcoef(pred[ok], gt[ok])[0, 1])
         scale = 3.0 * float(np.nanstd(gt))

@@ -4,15 +4,17 @@
     python dpmap_pred/dpmap2mesh.py --dp_mesh reg.obj --dp_map dp.png --dp_mm_per_unit 1.0 --output meso.obj
 
 For each face: read ``DATA/pred/reg_mesh/reg_PPP_EE.obj`` (capture units, vt in template UV) and
-``DATA/pred/dp_map/dp_map_PPP_EE.png`` (mm, see :mod:`dpmap_pred.encoding`), low-pass the mesh with
-``--dp_smooth_iters`` rounds of Taubin smoothing (the map is a displacement from a smooth surface;
-the reg surface's texel-scale noise is not detail), Loop-subdivide it
-(:func:`mvfr.subdivision.loop_subdivision`: Loop's masks with boundary rules, so the surface
-and its normals are smooth; uvs split linearly), sample the map
-bilinearly at every vertex's uv, convert mm to capture units with ``Rt_scale_dict``
-(``disp_units = disp_mm / mm_per_unit``) and move every vertex along the unit normal of the
-subdivided surface. Writes ``DATA/pred/meso_mesh/PPP_EE.obj`` with vt, vn and, when
-``DATA/pred/texture/texture_PPP_EE.png`` exists, an MTL and the texture.
+``DATA/pred/dp_map/dp_map_PPP_EE.png`` (mm, see :mod:`dpmap_pred.encoding`), build the application
+surface (:func:`application_surface`: Taubin smoothing, Loop subdivision with boundary rules, unit
+area-weighted vertex normals; uvs split linearly), sample the map bilinearly at every vertex's uv,
+convert mm to capture units with ``Rt_scale_dict`` (``disp_units = disp_mm / mm_per_unit``) and move
+every vertex along its normal. The smoothing and the Loop levels are those the map's checkpoint was
+trained for (recorded in the map's JSON, ``application_surface``): its target is the distance from
+exactly that surface to the scan (:mod:`dpmap_pred.targets`); ``--dp_smooth_iters`` and
+``--dp_subdiv_levels`` override them with a warning. Levels -1 mean: enough for the median uv edge to
+come down to about one texel of the map (:func:`auto_subdiv_levels`; at most 3). Writes
+``DATA/pred/meso_mesh/PPP_EE.obj`` with vt, vn and, when ``DATA/pred/texture/texture_PPP_EE.png``
+exists, an MTL and the texture.
 
 Unlike the original release's script there are no hard-coded vertex ids, paths or scales.
 In-process use: ``process_face(opt, folder, fid)`` per face.
@@ -38,6 +40,8 @@ from mvfr.uv_rasterizer import uv_to_texel
 log = logging.getLogger(__name__)
 
 MAX_AUTO_LEVELS = 3
+#: Taubin rounds before the detail is added, for a map whose JSON does not record its application surface
+DEFAULT_SMOOTH_ITERS = 30
 
 
 def sample_bilinear(map_: np.ndarray, uv: np.ndarray) -> np.ndarray:
@@ -76,7 +80,7 @@ def auto_subdiv_levels(mesh: Mesh, dp_size: int, max_levels: int = MAX_AUTO_LEVE
     med = float(np.median(edge[edge > 0])) if (edge > 0).any() else 0.0
     if med <= 0:
         return 0
-    return int(np.clip(math.ceil(math.log2(max(med * dp_size, 1.0)) - 1e-9), 0, max_levels))
+    return int(np.clip(math.ceil(math.log2(max(med * dp_size, 1.0)) - 0.01), 0, max_levels))  # 0.01: uvs written to 6 decimals
 
 
 def taubin_smooth(vertices: np.ndarray, faces: np.ndarray, iters: int, lam: float = 0.5, mu: float = -0.53) -> np.ndarray:
@@ -108,6 +112,21 @@ def taubin_smooth(vertices: np.ndarray, faces: np.ndarray, iters: int, lam: floa
     return v
 
 
+def application_surface(mesh: Mesh, levels: int = 1, smooth_iters: int = 0) -> Mesh:
+    """The surface a displacement map is added to: ``mesh`` (with uvs) low-passed by ``smooth_iters``
+    rounds of :func:`taubin_smooth`, Loop-subdivided ``levels`` times, with the unit area-weighted
+    vertex normals the displacement goes along. :func:`displace_mesh` displaces it, and the training
+    target (:func:`dpmap_pred.targets.residual_map`) is measured from it, so the two agree by construction."""
+    if mesh.uvs is None:
+        raise ValueError("the mesh has no uvs; dpmap2mesh needs vt in template UV")
+    if levels < 0:
+        raise ValueError(f"subdivision levels must be >= 0, got {levels}")
+    base = taubin_smooth(mesh.vertices, mesh.faces, smooth_iters) if smooth_iters > 0 else mesh.vertices
+    sub = loop_subdivision(Mesh(base, mesh.faces, mesh.uvs, mesh.face_uvs), int(levels))
+    sub.normals = vertex_normals(sub.vertices, sub.faces)
+    return sub
+
+
 def displace_mesh(
     mesh: Mesh, dp_mm: np.ndarray, mm_per_unit: float, levels: int = 1, smooth_iters: int = 0
 ) -> tuple[Mesh, Mesh]:
@@ -127,23 +146,37 @@ def displace_mesh(
         raise ValueError("the mesh has no uvs; dpmap2mesh needs vt in template UV")
     if not (math.isfinite(mm_per_unit) and mm_per_unit > 0):
         raise ValueError(f"mm_per_unit must be > 0, got {mm_per_unit}")
-    if levels < 0:
-        raise ValueError(f"subdivision levels must be >= 0, got {levels}")
-    base = taubin_smooth(mesh.vertices, mesh.faces, smooth_iters) if smooth_iters > 0 else mesh.vertices
-    sub = loop_subdivision(Mesh(base, mesh.faces, mesh.uvs, mesh.face_uvs), int(levels))
-    normals = vertex_normals(sub.vertices, sub.faces)
+    sub = application_surface(mesh, levels, smooth_iters)
+    normals = sub.normals
     # Displacement per vertex: mean over the corners' uv samples (one per vertex away from seams).
     corner_dp = sample_bilinear(dp_mm, sub.uvs)[sub.face_uvs.ravel()]
     total = np.bincount(sub.faces.ravel(), weights=corner_dp, minlength=len(sub.vertices))
     count = np.bincount(sub.faces.ravel(), minlength=len(sub.vertices))
     disp_mm = total / np.maximum(count, 1)
     verts = sub.vertices + normals * (disp_mm / float(mm_per_unit))[:, None]
-    sub.normals = normals
     meso = Mesh(verts, sub.faces.copy(), sub.uvs.copy(), sub.face_uvs.copy(), vertex_normals(verts, sub.faces))
     return meso, sub
 
 
 # ----------------------------------------------------------------------------------------- script
+
+
+def meshing_settings(opt, info: dict, mesh: Mesh, size: int) -> tuple[int, int]:
+    """``(levels, smooth_iters)`` for displacing ``mesh`` by a map of side ``size`` whose JSON record is
+    ``info``: the application surface the map's checkpoint was trained for (``info["application_surface"]``,
+    written by ``main.py``), unless ``--dp_subdiv_levels``/``--dp_smooth_iters`` say otherwise (then with a
+    warning: the map then lands off the surface it was made for); :data:`DEFAULT_SMOOTH_ITERS` and
+    automatic levels for a map without a record."""
+    trained = info.get("application_surface", {})
+    chosen = {}
+    for key, flag, default in (("smooth_iters", "dp_smooth_iters", DEFAULT_SMOOTH_ITERS), ("subdiv_levels", "dp_subdiv_levels", -1)):
+        asked = getattr(opt, flag, None)
+        chosen[key] = int(trained.get(key, default) if asked is None else asked)
+        if asked is not None and key in trained and int(asked) != int(trained[key]):
+            log.warning("--%s %d, but the displacement map was trained for %d: it is added to another surface than "
+                        "the one it was made for", flag, asked, trained[key])
+    levels = chosen["subdiv_levels"] if chosen["subdiv_levels"] >= 0 else auto_subdiv_levels(mesh, size)
+    return levels, chosen["smooth_iters"]
 
 
 def process_face(opt, folder, fid: str) -> None:
@@ -156,10 +189,10 @@ def process_face(opt, folder, fid: str) -> None:
     from mvfr.atomic_io import load_image
     from mvfr.mesh_io import read_mesh, write_obj
 
-    dp, _ = read_dpmap(folder.dp_map(fid))
+    dp, info = read_dpmap(folder.dp_map(fid))
     mesh = read_mesh(folder.reg_mesh(fid))
-    levels = opt.dp_subdiv_levels if opt.dp_subdiv_levels >= 0 else auto_subdiv_levels(mesh, dp.shape[0])
-    meso, _ = displace_mesh(mesh, dp, folder.mm_per_unit(fid), levels, opt.dp_smooth_iters)
+    levels, smooth_iters = meshing_settings(opt, info, mesh, dp.shape[0])
+    meso, _ = displace_mesh(mesh, dp, folder.mm_per_unit(fid), levels, smooth_iters)
     tex = load_image(folder.texture(fid)) if folder.texture(fid).is_file() else None
     write_obj(folder.meso_mesh(fid), meso, texture_image=tex)
     log.info("%s: %d -> %d vertices (%d Loop levels)", fid, len(mesh.vertices), len(meso.vertices), levels)
@@ -178,10 +211,10 @@ def main(argv=None) -> int:
         if not (opt.dp_mesh and opt.dp_map and opt.output):
             raise SystemExit("single-file mode needs --dp_mesh MESH --dp_map PNG --output OBJ")
         start_stage(opt)
-        dp, _ = read_dpmap(opt.dp_map)
+        dp, info = read_dpmap(opt.dp_map)
         mesh = read_mesh(opt.dp_mesh)
-        levels = opt.dp_subdiv_levels if opt.dp_subdiv_levels >= 0 else auto_subdiv_levels(mesh, dp.shape[0])
-        meso, _ = displace_mesh(mesh, dp, opt.dp_mm_per_unit or 1.0, levels, opt.dp_smooth_iters)
+        levels, smooth_iters = meshing_settings(opt, info, mesh, dp.shape[0])
+        meso, _ = displace_mesh(mesh, dp, opt.dp_mm_per_unit or 1.0, levels, smooth_iters)
         write_obj(opt.output, meso)
         print(f"wrote {opt.output}: {len(meso.vertices)} vertices, {levels} subdivision level(s)")
         return 0

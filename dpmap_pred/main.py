@@ -34,7 +34,7 @@ import numpy as np
 
 from dpmap_pred.encoding import read_dpmap, write_dpmap
 from dpmap_pred.inference import dpmap_scores, feather_weights, load_generator, predict_dpmap, resize_image
-from dpmap_pred.targets import dp_target
+from dpmap_pred.targets import Target, dp_target
 from mvfr.atomic_io import load_image, save_json
 from mvfr.datafolder import DataFolder, RawFolder
 from mvfr.stage import FACE_ERRORS
@@ -57,7 +57,8 @@ def load_state(checkpoint: str, device, mask_feather: float) -> tuple:
     net, train_opt = load_generator(checkpoint, device)
     size = int(train_opt["dp_size"])  # the resolution the network was trained at
     weights = feather_weights(load_facial_mask(size), mask_feather)
-    meta = {"checkpoint": str(checkpoint), "dp_size": size, "mask_feather_texels": mask_feather}
+    meta = {"checkpoint": str(checkpoint), "dp_size": size, "mask_feather_texels": mask_feather,
+            "application_surface": Target.from_options(train_opt).record()}
     return net, size, weights, meta
 
 
@@ -68,10 +69,11 @@ def process_face(folder: DataFolder, state: tuple, device, fid: str) -> None:
     write_dpmap(folder.dp_map(fid), dp, face_id=fid, **meta)
 
 
-def score_faces(folder: DataFolder, raw: RawFolder, ids: list[str], size: int, split: str, target: str = "registered") -> dict:
-    """``--score``: the written maps of ``ids`` against ``RAW/dpmap`` registered to the surface they are
-    applied to (or as it is, ``target``; :func:`dpmap_pred.targets.dp_target`) inside the facial mask -> per-face
-    and mean Pearson, MAE, RMSE (printed, and saved as ``DATA/logs/dpmap/scores_<split>.json``)."""
+def score_faces(folder: DataFolder, raw: RawFolder, ids: list[str], size: int, split: str, target: Target | str = "residual") -> dict:
+    """``--score``: the written maps of ``ids`` against the ground truth the checkpoint was trained for
+    (``target``, :func:`dpmap_pred.targets.dp_target`; by default the residual from the surface they are
+    applied to, each face's own ``pred/reg_mesh``, to its scan) inside the facial mask -> per-face and
+    mean Pearson, MAE, RMSE, standard deviations (printed, and saved as ``DATA/logs/dpmap/scores_<split>.json``)."""
     mask = load_facial_mask(size)
     scores: dict[str, dict[str, float]] = {}
     for fid in ids:
@@ -96,6 +98,15 @@ def score_faces(folder: DataFolder, raw: RawFolder, ids: list[str], size: int, s
     print("displacement vs ground truth inside the facial mask (mean over faces): "
           + ", ".join(f"{k} {v:.4f}" for k, v in mean.items()))
     return doc
+
+
+def trained_target(opt, meta: dict) -> Target:
+    """The ground truth of ``--score``: the checkpoint's target and application surface (``meta`` from
+    :func:`load_state`); ``--dp_target``, ``--dp_smooth_iters``, ``--dp_subdiv_levels`` given on the command line win."""
+    rec = meta["application_surface"]
+    given = {"dp_target": opt.dp_target, "dp_smooth_iters": opt.dp_smooth_iters, "dp_subdiv_levels": opt.dp_subdiv_levels}
+    base = {"dp_target": rec["target"], "dp_smooth_iters": rec["smooth_iters"], "dp_subdiv_levels": rec["subdiv_levels"]}
+    return Target.from_options({k: (v if given[k] is None else given[k]) for k, v in base.items()})
 
 
 def main(argv=None) -> int:
@@ -131,7 +142,7 @@ def main(argv=None) -> int:
     ids = select_face_ids(folder, opt)
     summary = run_faces(ids, functools.partial(process_face, folder, state, device), done=lambda fid: folder.dp_map(fid).exists(), overwrite=opt.overwrite, desc="dpmap_main")
     if opt.score:
-        score_faces(folder, raw, [f for f in ids if folder.dp_map(f).is_file()], size, opt.split, opt.dp_target)
+        score_faces(folder, raw, [f for f in ids if folder.dp_map(f).is_file()], size, opt.split, trained_target(opt, meta))
     return summary.exit_code()
 
 

@@ -5,10 +5,12 @@
 
 Pairs, one per training face (``--split train`` of id.json, or ``--ids``):
 input  ``DATA/pred/texture/texture_PPP_EE.png`` (gen_tex.py's blended UV texture, RGB, template UV),
-target ``RAW/dpmap/<pid>/<k>_<exp>.npy`` (gen_synthetic.py's ground-truth mesoscopic displacement,
-float32 mm along the normal) registered to where the face's own template UV lands on the scan
-(:mod:`dpmap_pred.targets`; cached in ``DATA/maps/train/dp_target``), both at ``--dp_size``; the
-loss counts only texels of the facial mask where the target is finite.
+target :func:`dpmap_pred.targets.dp_target` at ``--dp_size`` (cached in ``DATA/maps/train/<tag>``): by
+default (``--dp_target residual``) the signed distance from the surface the map will be added to (the
+face's own ``pred/reg_mesh``, smoothed by ``--dp_smooth_iters`` and subdivided as ``dpmap2mesh.py``
+does) along its normals to the scan; the loss counts only texels of the facial mask where the target is
+finite. The target and its application surface are stored in the checkpoint's options: ``main.py``
+records them in every map's JSON and ``dpmap2mesh.py`` displaces the same surface.
 
 Each step draws ``--dp_batch_size`` random ``--dp_crop`` crops (centred on mask texels) from random
 faces, changes their colours at random (brightness, contrast, colour gains) and minimises
@@ -51,7 +53,7 @@ from tqdm import tqdm
 
 from dpmap_pred.inference import FORMAT, build_generator, dpmap_scores, predict_dpmap, resize_image
 from dpmap_pred.networks import PatchDiscriminator, count_parameters, uv_grid
-from dpmap_pred.targets import dp_target
+from dpmap_pred.targets import Target, dp_target
 from mvfr import distributed
 from mvfr.atomic_io import load_image
 from mvfr.datafolder import DataError, DataFolder, RawFolder
@@ -69,9 +71,10 @@ class Pair:
     centres: np.ndarray  # [K, 2] int (row, col) of valid texels, crop centres
 
 
-def load_pair(folder: DataFolder, raw: RawFolder, fid: str, size: int, split: str = "train", target: str = "registered") -> Pair:
+def load_pair(folder: DataFolder, raw: RawFolder, fid: str, size: int, split: str = "train", target: Target | str = "residual") -> Pair:
     """The (texture, ground-truth displacement) pair of a face at ``size`` x ``size``; the target is
-    ``RAW/dpmap`` registered to the face's own UV, or as it is (``target``, :func:`dpmap_pred.targets.dp_target`)."""
+    :func:`dpmap_pred.targets.dp_target` of ``target`` (by default the residual from the face's own
+    application surface to its scan)."""
     gt = dp_target(folder, raw, split, fid, size, target)
     texture = load_image(folder.texture(fid))
     valid = np.isfinite(gt) & load_facial_mask(size)
@@ -277,6 +280,8 @@ def main(argv=None) -> int:
     if "--split" not in argv:
         opt.split = "train"  # training defaults to the training split
     folder, raw = DataFolder(opt.dataroot), RawFolder(opt.facescape_dataroot)
+    target = Target.from_options(opt)  # stored resolved in the checkpoint: main.py and dpmap2mesh follow it
+    opt.dp_target, opt.dp_smooth_iters, opt.dp_subdiv_levels = target.mode, target.smooth_iters, target.levels
     device = distributed.init(resolve_device(opt.device))
     is_main = distributed.is_main()
     start_stage(opt, folder.options_file("dpmap_train") if is_main else None)  # same seed, same initial weights on every rank
@@ -290,11 +295,12 @@ def main(argv=None) -> int:
     pairs = []
     for fid in tqdm(select_face_ids(folder, opt, sharded=False), desc="load pairs", unit="face", file=sys.stderr, disable=not is_main):
         try:
-            pairs.append(load_pair(folder, raw, fid, size, opt.split, opt.dp_target))
+            pairs.append(load_pair(folder, raw, fid, size, opt.split, target))
         except FACE_ERRORS as exc:
             log.error("face %s skipped: %s", fid, exc)
     if not pairs:
-        print("no training pair could be loaded (need gen_tex.py textures and RAW/dpmap ground truth)", file=sys.stderr)
+        print("no training pair could be loaded (need gen_tex.py textures, scans in RAW/mesh and, for the residual "
+              "target, each face's pred/reg_mesh: see the messages above)", file=sys.stderr)
         distributed.cleanup()
         return 1
     val_pairs = []
@@ -302,7 +308,7 @@ def main(argv=None) -> int:
         try:
             for fid in folder.face_ids("eval")[:2]:
                 try:
-                    val_pairs.append(load_pair(folder, raw, fid, size, "eval", opt.dp_target))
+                    val_pairs.append(load_pair(folder, raw, fid, size, "eval", target))
                 except FACE_ERRORS:
                     pass
         except DataError:

@@ -446,26 +446,29 @@ def test_registered_target_reads_the_ground_truth_where_the_texel_lies_on_the_sc
     assert not np.allclose(out2[20:-20, 20:-20], up[20:-20, 23:-17], atol=0.1 * np.abs(gt).max())  # not 3 (S's texels)
 
 
-def test_registered_target_cache_is_remade_when_the_surface_changes(tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode, function, surface", [("registered", "_registered_target", "reg_map"),
+                                                      ("residual", "face_residual", "reg_mesh")])
+def test_target_cache_is_remade_when_the_surface_changes(tmp_path, monkeypatch, mode, function, surface):
     import os
 
     from dpmap_pred import targets
     from mvfr.datafolder import DataFolder, RawFolder
 
     folder, raw = DataFolder(tmp_path / "data"), RawFolder(tmp_path / "raw")
-    for path in (raw.meso_dpmap("002_01"), raw.scan("002_01"), raw.region("002_01"), folder.reg_map("002_01")):
+    source = getattr(folder, surface)("002_01")
+    for path in (raw.meso_dpmap("002_01"), raw.scan("002_01"), raw.region("002_01"), source):
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, np.zeros((4, 4, 3), np.float32)) if path.suffix == ".npy" else path.write_bytes(b"ply")
     calls = []
 
-    def fake(raw_, fid, surface, known, size, mm_per_unit=1.0):
+    def fake(folder_, raw_, split, fid, size, *rest):
         calls.append(fid)
         return np.full((size, size), float(len(calls)), np.float32)
 
-    monkeypatch.setattr(targets, "registered_dpmap", fake)
-    first = targets.dp_target(folder, raw, "eval", "002_01", 8)
-    again = targets.dp_target(folder, raw, "eval", "002_01", 8)
+    monkeypatch.setattr(targets, function, fake)
+    first = targets.dp_target(folder, raw, "eval", "002_01", 8, mode)
+    again = targets.dp_target(folder, raw, "eval", "002_01", 8, mode)
     assert len(calls) == 1 and np.array_equal(first, again)  # read from the cache
-    later = os.stat(folder.reg_map("002_01")).st_mtime + 10
-    os.utime(folder.reg_map("002_01"), (later, later))  # eval_reg.py --overwrite wrote a new surface
-    assert float(targets.dp_target(folder, raw, "eval", "002_01", 8)[0, 0]) == 2.0 and len(calls) == 2
+    later = os.stat(source).st_mtime + 10
+    os.utime(source, (later, later))  # eval_reg.py --overwrite wrote a new surface
+    assert float(targets.dp_target(folder, raw, "eval", "002_01", 8, mode)[0, 0]) == 2.0 and len(calls) == 2

@@ -333,3 +333,31 @@ def test_dpmap_only_rewrite_equals_full_generation(tiny_raw, tmp_path):
         np.testing.assert_array_equal(again, full[f])
     assert image.stat().st_mtime_ns == stamp
     assert gen_synthetic.main(["--out", str(copy), "--dpmap_only", "--world", "v1"] + TINY) == 2
+
+
+def test_scan_only_rewrites_the_scans_at_another_level(tiny_raw, tmp_path):
+    """``--scan_only`` rewrites RAW/mesh and RAW/region from the seed alone: at the tree's level the same
+    scan a full run writes; at another level another tessellation of the same head; images untouched."""
+    import shutil
+
+    import gen_synthetic
+    from mvfr.metrics import point_to_mesh
+
+    copy = tmp_path / "raw"
+    shutil.copytree(tiny_raw.root, copy)
+    raw = RawFolder(copy)
+    fid = json.loads(raw.id_json.read_text())["train"][0]
+    full, region = read_ply(raw.scan(fid)), np.load(raw.region(fid))
+    image = raw.image(fid, "0")
+    stamp = image.stat().st_mtime_ns
+    raw.scan(fid).write_bytes(b"ply")  # broken: rewritten from the seed
+    assert gen_synthetic.main(["--out", str(copy), "--scan_only"] + TINY) == 0
+    again = read_ply(raw.scan(fid))
+    assert np.array_equal(again.faces, full.faces) and np.array_equal(np.load(raw.region(fid)), region)
+    np.testing.assert_allclose(again.vertices, full.vertices, atol=1e-4)
+    assert gen_synthetic.main(["--out", str(copy), "--scan_only", "--scan_level", "2"] + TINY) == 0
+    coarse, coarse_region = read_ply(raw.scan(fid)), np.load(raw.region(fid))
+    assert len(coarse.vertices) < len(full.vertices) and len(coarse_region) == len(coarse.vertices)
+    d, _, _ = point_to_mesh(coarse.vertices[coarse_region][::20], full.vertices, full.faces)
+    assert np.median(d) < 2e-3 * np.linalg.norm(np.ptp(full.vertices, axis=0))  # the same head
+    assert image.stat().st_mtime_ns == stamp

@@ -272,17 +272,29 @@ def capture_dpmap(pid: int, eid: int, opt: SynthOptions) -> np.ndarray:
     return correspondence.template_dpmap(h, opt.dpmap_size).astype(np.float32)
 
 
+def _scan(coarse: np.ndarray, h: np.ndarray, opt: SynthOptions) -> head.ScanGeometry:
+    """The ground-truth scan (mm) of a head with coarse ICT vertices ``coarse`` and detail map ``h``."""
+    return head.build_scan(coarse, lambda uv: meso.sample_at(h, uv), chin_y=head.chin_y(coarse), level=opt.scan_level)
+
+
+def capture_scan(pid: int, eid: int, opt: SynthOptions) -> tuple[Mesh, np.ndarray]:
+    """The ground-truth scan of ``PPP_EE`` in capture units and its facial-region vertices ``[N]`` bool:
+    exactly what :func:`synthesize_capture` stores (``RAW/mesh``, ``RAW/region``), without rendering;
+    ``gen_synthetic.py --scan_only`` rewrites them, e.g. at another ``--scan_level``."""
+    _, plan, coarse, h = face_detail(pid, eid, opt)
+    scan = _scan(coarse, h, opt)
+    s, R, t = plan.transform
+    return Mesh(rig.to_capture_units(scan.vertices, s, R, t), scan.faces, scan.uvs), scan.region
+
+
 def synthesize_capture(pid: int, eid: int, opt: SynthOptions, renderer: HeadRenderer | None = None) -> SyntheticCapture:
     """Everything of face ``PPP_EE`` in memory (deterministic for ``opt.seed``, pid, eid)."""
     fid = face_id(pid, eid)
     person, plan, coarse, h = face_detail(pid, eid, opt)
     ew, rng = plan.expression_weights, plan.rng
 
-    def height(uv):
-        return meso.sample_at(h, uv)
-
-    scan = head.build_scan(coarse, height, chin_y=head.chin_y(coarse), level=opt.scan_level)
-    geom = head.build_render(coarse, height)
+    scan = _scan(coarse, h, opt)
+    geom = head.build_render(coarse, lambda uv: meso.sample_at(h, uv))
     tex = person.textures
     albedo = _cavity_albedo(tex["face_albedo"], h)
     textures = HeadTextures(albedo, tex["face_spec"], height_gradient(h), tex["head_albedo"], tex["head_spec"])
