@@ -183,6 +183,44 @@ def pyramid_losses(
     return l1, lg
 
 
+def load_pairs(folder: DataFolder, raw: RawFolder, opt, target: Target, size: int, is_main: bool) -> tuple[list[Pair], list[Pair]]:
+    """The training pairs of the selected faces (a face that cannot be loaded is skipped, with its
+    reason) and, on rank 0 without ``--ids``, up to 2 eval faces whose Pearson r the log records."""
+    from mvfr.stage import FACE_ERRORS, select_face_ids
+
+    pairs = []
+    for fid in tqdm(select_face_ids(folder, opt, sharded=False), desc="load pairs", unit="face", file=sys.stderr, disable=not is_main):
+        try:
+            pairs.append(load_pair(folder, raw, fid, size, opt.split, target))
+        except FACE_ERRORS as exc:
+            log.error("face %s skipped: %s", fid, exc)
+    val_pairs = []
+    if pairs and not opt.ids and is_main:
+        try:
+            eval_ids = folder.face_ids("eval")[:2]
+        except DataError:
+            eval_ids = []
+        for fid in eval_ids:
+            try:
+                val_pairs.append(load_pair(folder, raw, fid, size, "eval", target))
+            except FACE_ERRORS:
+                pass  # no eval outputs or ground truth yet: nothing to record
+    return pairs, val_pairs
+
+
+def resume_from(resume: str, ckpt_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, int]:
+    """``--dp_resume``: ``auto`` (the newest checkpoint in ``ckpt_dir``, if any), ``none`` or a path ->
+    the ``(step, epoch)`` to continue from, with ``model`` and ``optimizer`` loaded."""
+    from mvfr.training import load_checkpoint, resume as resume_latest
+
+    if resume == "auto":
+        return resume_latest(ckpt_dir, model, optimizer, fmt=FORMAT)
+    if resume == "none":
+        return 0, 0
+    ck = load_checkpoint(resume, model, optimizer, fmt=FORMAT)
+    return int(ck["step"]), int(ck["epoch"])
+
+
 def build_training_modules(opt) -> nn.ModuleDict:
     """What training updates and checkpoints: ``generator`` (and ``discriminator`` when ``--dp_lambda_gan > 0``)."""
     modules = {"generator": build_generator(vars(opt))}
@@ -269,10 +307,7 @@ def train_step(
 
 def main(argv=None) -> int:
     from mvfr.runtime import resolve_device, start_stage
-    from mvfr.stage import FACE_ERRORS, select_face_ids
-    from mvfr.training import (
-        JsonlLogger, checkpoint_path, load_checkpoint, plot_loss_curve, prune_checkpoints, read_jsonl, resume, save_checkpoint,
-    )
+    from mvfr.training import JsonlLogger, checkpoint_path, plot_loss_curve, prune_checkpoints, read_jsonl, save_checkpoint
     from options import parse_options
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -292,39 +327,18 @@ def main(argv=None) -> int:
     if crop < multiple:
         raise SystemExit(f"--dp_crop {opt.dp_crop} must be at least {multiple} (2 ** --dp_n_downsample)")
 
-    pairs = []
-    for fid in tqdm(select_face_ids(folder, opt, sharded=False), desc="load pairs", unit="face", file=sys.stderr, disable=not is_main):
-        try:
-            pairs.append(load_pair(folder, raw, fid, size, opt.split, target))
-        except FACE_ERRORS as exc:
-            log.error("face %s skipped: %s", fid, exc)
+    pairs, val_pairs = load_pairs(folder, raw, opt, target, size, is_main)
     if not pairs:
         print("no training pair could be loaded (need gen_tex.py textures, scans in RAW/mesh and, for the residual "
               "target, each face's pred/reg_mesh: see the messages above)", file=sys.stderr)
         distributed.cleanup()
         return 1
-    val_pairs = []
-    if not opt.ids and is_main:
-        try:
-            for fid in folder.face_ids("eval")[:2]:
-                try:
-                    val_pairs.append(load_pair(folder, raw, fid, size, "eval", target))
-                except FACE_ERRORS:
-                    pass
-        except DataError:
-            pass
 
     model = build_training_modules(opt).to(device)
     net = model["generator"]
     optimizer = torch.optim.Adam(model.parameters(), lr=opt.dp_learning_rate, betas=(0.5, 0.999))
     ckpt_dir = folder.checkpoint_dir("dpmap")
-    if opt.dp_resume == "auto":
-        step, epoch = resume(ckpt_dir, model, optimizer, fmt=FORMAT)
-    elif opt.dp_resume == "none":
-        step, epoch = 0, 0
-    else:
-        ck = load_checkpoint(opt.dp_resume, model, optimizer, fmt=FORMAT)
-        step, epoch = int(ck["step"]), int(ck["epoch"])
+    step, epoch = resume_from(opt.dp_resume, ckpt_dir, model, optimizer)
     log.info("generator: %.2fM parameters; %d training pairs at %d x %d, crops %d; device %s",
              count_parameters(net) / 1e6, len(pairs), size, size, crop, device)
     generator = distributed.wrap(net)

@@ -89,3 +89,15 @@ def test_meshing_follows_the_map_record_unless_told_otherwise(caplog):
     with caplog.at_level(logging.WARNING):
         assert meshing_settings(SimpleNamespace(dp_smooth_iters=5, dp_subdiv_levels=None), record, mesh, 64) == (1, 5)
     assert "trained for 0" in caplog.text
+
+
+def test_score_uses_the_checkpoints_target_unless_told_otherwise():
+    from types import SimpleNamespace
+
+    from dpmap_pred.main import trained_target
+
+    meta = {"application_surface": {"target": "residual", "smooth_iters": 30, "subdiv_levels": -1}}
+    unset = SimpleNamespace(dp_target=None, dp_smooth_iters=None, dp_subdiv_levels=None)
+    assert trained_target(unset, meta) == Target("residual", 30, -1, "reg")
+    assert trained_target(SimpleNamespace(dp_target=None, dp_smooth_iters=0, dp_subdiv_levels=None), meta).smooth_iters == 0
+    assert trained_target(SimpleNamespace(dp_target="registered", dp_smooth_iters=None, dp_subdiv_levels=None), meta).mode == "registered"
