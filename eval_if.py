@@ -187,7 +187,7 @@ def main(argv=None) -> int:
     model, ckpt = load_model(opt.if_checkpoint, device)
     log.info("checkpoint %s: step %s, mlp %s", opt.if_checkpoint, ckpt["step"], model.mlp_dim)
     train_opts = ckpt["options"]
-    warn_if_trained_otherwise(opt.if_checkpoint, train_opts, opt)
+    warn_if_trained_otherwise(opt.if_checkpoint, train_opts, opt, ("d_size", "interval_scale", "sigma"))
 
     plan = SearchPlan.from_options(opt)
 

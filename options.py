@@ -1,9 +1,17 @@
-"""One argparse module shared by every stage script.
+"""One argparse module shared by every stage script; each stage accepts only the options it reads.
 
 Precedence: built-in defaults < ``--config FILE.json`` < command line. Every length option is in
 millimetres (converted to the capture's units with ``Rt_scale_dict``), every image size in pixels
 of the processed images. Option names of the original release are kept (``uv_size``, ``d_size``,
 ``interval_scale``, ``if_view_num``, ``points_num``, ``sigma``, ``mlp_dim``, ...).
+
+The options are defined once, in groups (``add_*_options``); :data:`STAGES` says which groups, or
+which options of a group, each stage reads, so ``eval_if.py --help`` lists what eval_if reads and
+nothing else. An option of another stage (on the command line or in a ``--config`` file) is an
+error that names the stage that reads it (``eval_if does not read --uv_size; it is read by
+gen_maps``). Options a checkpoint fixes (a network's architecture) are not options of the stage
+that loads the checkpoint: it reads them from the checkpoint, and the error says so
+(:data:`FROM_CHECKPOINT`).
 
 Usage in a stage script::
 
@@ -14,6 +22,8 @@ Usage in a stage script::
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import sys
 from pathlib import Path
@@ -25,6 +35,9 @@ def _int_list(text: str) -> list[int]:
         return [int(x) for x in text.replace(",", "-").split("-") if x]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected integers separated by '-', got {text!r}") from None
+
+
+# -------------------------------------------------------------------------------------- option groups
 
 
 def add_common_options(p: argparse.ArgumentParser) -> None:
@@ -44,22 +57,30 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
 def add_preprocess_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("preprocess_images")
     g.add_argument("--image_long_side", type=int, default=1296, help="long side of processed images, in pixels")
+
+
+def add_views_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("views")
     g.add_argument("--if_view_num", type=int, default=10, help="number of views kept per face (first valid ones of select_dict)")
 
 
 def add_maps_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("gen_maps")
+    g = p.add_argument_group("base maps")
     g.add_argument("--uv_size", type=int, default=256, help="side S of the UV maps, in texels")
     g.add_argument("--search_range_mm", type=float, default=20.0, help="ground-truth displacement search range along the normal, +-mm")
     g.add_argument("--normal_smooth_iters", type=int, default=2, help="smoothing passes over the normal map before renormalising")
 
 
-def add_if_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("implicit function")
+def add_hypotheses_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("hypotheses along the normal (stages 2-3; an evaluating stage warns when its checkpoint was trained otherwise)")
     g.add_argument("--d_size", type=int, default=201, help="number of hypotheses D along each normal")
     g.add_argument("--interval_scale", type=float, default=0.2, help="step between hypotheses, in mm")
-    g.add_argument("--points_num", type=int, default=4096, help="texels sampled per face and training step")
     g.add_argument("--sigma", type=float, default=1.0, help="width of the Gaussian matching-score target, in mm")
+
+
+def add_if_train_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("implicit function: training")
+    g.add_argument("--points_num", type=int, default=4096, help="texels sampled per face and training step")
     g.add_argument(
         "--offset_jitter",
         type=float,
@@ -76,16 +97,6 @@ def add_if_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--if_init", type=str, default=None,
                    help="training: warm-start weights from this implicit-function checkpoint when there is no checkpoint "
                         "to resume (a narrower MLP input is widened with zero columns: models.implicit_function.init_from)")
-    g.add_argument("--conf_low", type=float, default=0.05,
-                   help="confidence (peak score minus the best score beyond 3 sigma) at or below which a texel stays on the base surface")
-    g.add_argument("--conf_high", type=float, default=0.2,
-                   help="confidence from which a texel takes its searched displacement in full (linear in between; "
-                        "0: no fallback, every texel takes its searched displacement)")
-    g.add_argument("--refine_passes", type=int, default=2,
-                   help="eval_if: searches that refine the base before the last one: the base mesh is moved smoothly "
-                        "onto the confident searched surface (mvfr.fitting.fit_to_surface) and searched again from there, "
-                        "so a base a centimetre off (the underside of the chin) is found; 0 = one search from the "
-                        "landmark base")
     g.add_argument("--feature_channels", type=int, default=128, help="channels of the per-view CNN feature")
     g.add_argument("--if_learning_rate", type=float, default=1e-4, help="Adam learning rate of the implicit function")
     g.add_argument("--if_training_epoch", type=int, default=20, help="training epochs (passes over the training faces)")
@@ -93,7 +104,26 @@ def add_if_options(p: argparse.ArgumentParser) -> None:
                    help="stop training after this many minutes, with the final checkpoint written (0 = no limit)")
     g.add_argument("--if_faces_per_step", type=int, default=0,
                    help="training faces per optimiser step (the global batch, split over torchrun processes); 0 = one per process")
-    g.add_argument("--if_checkpoint", type=str, default="predefine_data/checkpoint_if.pt", help="checkpoint to evaluate")
+
+
+def add_confidence_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("confidence fallback")
+    g.add_argument("--conf_low", type=float, default=0.05,
+                   help="confidence (peak score minus the best score beyond 3 sigma) at or below which a texel stays on the base surface")
+    g.add_argument("--conf_high", type=float, default=0.2,
+                   help="confidence from which a texel takes its searched displacement in full (linear in between; "
+                        "0: no fallback, every texel takes its searched displacement)")
+
+
+def add_if_eval_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("implicit function: search")
+    g.add_argument("--refine_passes", type=int, default=2,
+                   help="eval_if: searches that refine the base before the last one: the base mesh is moved smoothly "
+                        "onto the confident searched surface (mvfr.fitting.fit_to_surface) and searched again from there, "
+                        "so a base a centimetre off (the underside of the chin) is found; 0 = one search from the "
+                        "landmark base")
+    g.add_argument("--if_checkpoint", type=str, default="predefine_data/checkpoint_if.pt",
+                   help="checkpoint to evaluate (it fixes the network: --feature_channels, --mlp_dim)")
     g.add_argument("--num_sample", type=int, default=0,
                    help="points per inference chunk (bounds memory; 0 = 4096 on a CPU, where the temporaries then stay "
                         "in cache, 65536 on a GPU)")
@@ -114,26 +144,31 @@ def add_if_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--c2f_radius", type=int, default=2, help="coarse-to-fine: propagation window, +- steps")
 
 
-def add_reg_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("regularisation")
+def add_reg_train_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("regulariser: training")
     g.add_argument("--reg_channels", type=int, default=8, help="base channels of the 3D U-Net")
+    g.add_argument("--reg_levels", type=int, default=3, help="down-sampling levels of the 3D U-Net")
     g.add_argument("--reg_learning_rate", type=float, default=1e-3, help="Adam learning rate of the regulariser")
     g.add_argument("--reg_training_epoch", type=int, default=20, help="training epochs of the regulariser")
-    g.add_argument("--reg_checkpoint", type=str, default="predefine_data/checkpoint_reg.pt", help="checkpoint to evaluate")
-    g.add_argument("--reg_levels", type=int, default=3, help="down-sampling levels of the 3D U-Net")
     g.add_argument("--reg_crop_size", type=int, default=32, help="training patches are D x crop x crop, in texels")
     g.add_argument("--reg_batch_size", type=int, default=4, help="patches per training step")
     g.add_argument("--reg_steps_per_epoch", type=int, default=100, help="training steps per epoch")
     g.add_argument("--reg_max_minutes", type=float, default=0.0, help="stop training after this many minutes (0 = no limit)")
     g.add_argument("--reg_resume", type=str, default="auto", help="auto = newest checkpoint in DATA/checkpoints/reg, none = start afresh, or a path")
     g.add_argument("--reg_init", type=str, default=None, help="start from these weights (step 0), e.g. a checkpoint pre-trained on synthetic volumes; ignored when resuming")
+
+
+def add_reg_eval_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("regulariser: inference")
+    g.add_argument("--reg_checkpoint", type=str, default="predefine_data/checkpoint_reg.pt",
+                   help="checkpoint to evaluate (it fixes the network: --reg_channels, --reg_levels)")
     g.add_argument("--reg_tile", type=int, default=0,
                    help="inference tile side, in texels, to bound memory (0 = one window over the face: ~5x less work, "
                         "~2.2 GB at D 201, S 256)")
+    g.add_argument("--reg_overlap", type=int, default=16, help="extra texels on each side of an inference tile (raised to the U-Net's receptive radius, so tiles equal whole-volume inference)")
     g.add_argument("--close_openings", action=argparse.BooleanOptionalAction, default=True,
                    help="eval_reg: over the base model's eye, mouth and nostril fills, the membrane the surrounding "
                         "surface spans instead of what the search found behind them (an eyeball, teeth or noise)")
-    g.add_argument("--reg_overlap", type=int, default=16, help="extra texels on each side of an inference tile (raised to the U-Net's receptive radius, so tiles equal whole-volume inference)")
 
 
 def add_tex_options(p: argparse.ArgumentParser) -> None:
@@ -192,10 +227,6 @@ def add_synthetic_options(p: argparse.ArgumentParser) -> None:
                    help="rewrite only RAW/mesh and RAW/region of the captures already in --out (v2 only), recomputed "
                         "from --seed without rendering, at --scan_level (e.g. a --scan_level 2 training tree at level 3 "
                         "for stage 5's residual target); the other options must be the ones the tree was generated with")
-
-
-def add_mkdirs_options(p: argparse.ArgumentParser) -> None:
-    pass
 
 
 def add_report_options(p: argparse.ArgumentParser) -> None:
@@ -280,61 +311,243 @@ def add_import_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--overwrite", action="store_true", help="replace a capture of the same id already in --out")
 
 
-STAGES: dict[str, tuple[str, list[Callable[[argparse.ArgumentParser], None]]]] = {
-    "mkdirs": ("Create the DATA_FOLDER tree.", [add_mkdirs_options]),
-    "preprocess_images": ("RAW capture -> DATA_FOLDER/images (undistort, resize, K update).", [add_preprocess_options]),
-    "gen_maps": ("Landmarks, triangulation, base-mesh fit and UV maps.", [add_preprocess_options, add_maps_options]),
-    "train_if": ("Train the implicit function.", [add_preprocess_options, add_maps_options, add_if_options]),
-    "eval_if": ("Run the implicit function: score volumes, IF maps and meshes.", [add_preprocess_options, add_maps_options, add_if_options]),
-    "train_reg": ("Train the 3D-CNN regulariser.", [add_maps_options, add_if_options, add_reg_options]),
-    "eval_reg": ("Run the regulariser: refined maps and meshes.", [add_maps_options, add_if_options, add_reg_options]),
-    "gen_tex": ("Blend the views into a UV texture.", [add_preprocess_options, add_maps_options, add_tex_options]),
-    "evaluate": ("Per-stage metrics in mm against the ground-truth scans.", [add_evaluate_options]),
-    "make_report": ("Write the visual report eval/report/index.html.", [add_report_options]),
-    "dpmap_train": ("Train the texture -> mesoscopic displacement network.", [add_tex_options, add_dpmap_options]),
-    "dpmap_main": ("Predict mesoscopic displacement maps from UV textures.", [add_tex_options, add_dpmap_options]),
-    "dpmap2mesh": ("Subdivide the reg mesh and displace it by the predicted displacement map.", [add_tex_options, add_dpmap_options]),
+# --------------------------------------------------------------------------- which stage reads what
+
+Selection = Callable[[str], bool]  # option dest -> whether the stage reads it
+
+
+def only(*dests: str) -> Selection:
+    """The options ``dests`` of a group."""
+    return frozenset(dests).__contains__
+
+
+def all_but(*dests: str) -> Selection:
+    """Every option of a group but ``dests``."""
+    return lambda dest: dest not in dests
+
+
+def every(dest: str) -> bool:
+    """Every option of a group."""
+    return True
+
+
+RUN = ("config", "dataroot", "seed", "log_level")  # every stage that starts with mvfr.runtime.start_stage
+FACES = ("split", "ids", "overwrite")  # the per-face loop (mvfr.stage.select_face_ids, run_faces)
+DP_MAIN = ("dp_checkpoint", "dp_mask_feather", "dp_target", "input", "output", "score")  # dpmap_pred/main.py
+DP_TO_MESH = ("dp_smooth_iters", "dp_subdiv_levels", "dp_mesh", "dp_map", "dp_mm_per_unit", "output")  # dpmap2mesh.py
+
+# Accepted although not read, until the callers that pass them are changed (tests/test_dpmap.py hands
+# dpmap2mesh the arguments of dpmap_main; options.read_by cuts them to what dpmap2mesh reads).
+UNREAD: dict[str, tuple[str, ...]] = {"dpmap2mesh": ("facescape_dataroot", "device", "dp_target")}
+
+Groups = list[tuple[Callable[[argparse.ArgumentParser], None], Selection]]
+
+# stage -> (description, [(group, the options of it the stage reads)])
+STAGES: dict[str, tuple[str, Groups]] = {
+    "mkdirs": ("Create the DATA_FOLDER tree.", [(add_common_options, only("config", "dataroot"))]),
+    "preprocess_images": ("RAW capture -> DATA_FOLDER/images (undistort, resize, K update).", [
+        (add_common_options, only(*RUN, "facescape_dataroot", "ids", "overwrite")),
+        (add_preprocess_options, every), (add_views_options, every)]),
+    "gen_maps": ("Landmarks, triangulation, base-mesh fit and UV maps.", [
+        (add_common_options, only(*RUN, *FACES, "facescape_dataroot")), (add_views_options, every),
+        (add_maps_options, every)]),
+    "train_if": ("Train the implicit function.", [
+        (add_common_options, only(*RUN, "split", "ids", "device")), (add_views_options, every),
+        (add_hypotheses_options, every), (add_if_train_options, every)]),
+    "eval_if": ("Run the implicit function: score volumes, IF maps and meshes.", [
+        (add_common_options, only(*RUN, *FACES, "device")), (add_views_options, every),
+        (add_maps_options, only("normal_smooth_iters")), (add_hypotheses_options, every),
+        (add_confidence_options, every), (add_if_eval_options, every)]),
+    "train_reg": ("Train the 3D-CNN regulariser.", [
+        (add_common_options, only(*RUN, "ids", "device")), (add_hypotheses_options, only("d_size", "interval_scale")),
+        (add_reg_train_options, every)]),
+    "eval_reg": ("Run the regulariser: refined maps and meshes.", [
+        (add_common_options, only(*RUN, *FACES, "device")), (add_hypotheses_options, every),
+        (add_confidence_options, every), (add_reg_eval_options, every)]),
+    "gen_tex": ("Blend the views into a UV texture.", [
+        (add_common_options, only(*RUN, *FACES)), (add_views_options, every), (add_tex_options, every)]),
+    "evaluate": ("Per-stage metrics in mm against the ground-truth scans.", [
+        (add_common_options, only(*RUN, *FACES, "facescape_dataroot")), (add_evaluate_options, every)]),
+    "make_report": ("Write the visual report eval/report/index.html.", [
+        (add_common_options, only(*RUN, "split", "ids", "facescape_dataroot")), (add_report_options, every)]),
+    "dpmap_train": ("Train the texture -> mesoscopic displacement network.", [
+        (add_common_options, only(*RUN, "split", "ids", "facescape_dataroot", "device")),
+        (add_dpmap_options, all_but(*(set(DP_MAIN) | set(DP_TO_MESH)) - {"dp_target"}))]),
+    "dpmap_main": ("Predict mesoscopic displacement maps from UV textures.", [
+        (add_common_options, only(*RUN, *FACES, "facescape_dataroot", "device")), (add_dpmap_options, only(*DP_MAIN))]),
+    "dpmap2mesh": ("Subdivide the reg mesh and displace it by the predicted displacement map.", [
+        (add_common_options, only(*RUN, *FACES, *UNREAD["dpmap2mesh"])),
+        (add_dpmap_options, only(*DP_TO_MESH, *UNREAD["dpmap2mesh"]))]),
+    "gen_synthetic": ("Write a synthetic FaceScape-layout dataset with ground truth.", [
+        (add_common_options, only("config")), (add_synthetic_options, every)]),
+    "import_capture": ("Add one capture calibrated by COLMAP, Metashape, nerfstudio or OpenCV to a RAW folder.", [
+        (add_common_options, only("config")), (add_import_options, every)]),
+}
+
+# stage -> (its checkpoint option, the options that checkpoint fixes: the stage reads them from it)
+FROM_CHECKPOINT: dict[str, tuple[str, tuple[str, ...]]] = {
+    "eval_if": ("--if_checkpoint", ("feature_channels", "mlp_dim")),
+    "eval_reg": ("--reg_checkpoint", ("reg_channels", "reg_levels")),
+    "dpmap_main": ("--dp_checkpoint", ("dp_ngf", "dp_n_downsample", "dp_n_blocks", "dp_max_mm", "dp_use_uv", "dp_size")),
 }
 
 
-def build_parser(stage: str) -> argparse.ArgumentParser:
-    """The parser of ``stage`` (a key of :data:`STAGES`, or ``"gen_synthetic"``)."""
-    if stage == "gen_synthetic":
-        p = argparse.ArgumentParser(
-            prog="gen_synthetic.py",
-            description="Write a synthetic FaceScape-layout dataset with ground truth.",
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        )
-        p.add_argument("--config", type=str, default=None, help="JSON file of option values (defaults < file < command line)")
-        add_synthetic_options(p)
-        return p
-    if stage == "import_capture":
-        p = argparse.ArgumentParser(
-            prog="import_capture.py",
-            description="Add one capture calibrated by COLMAP, Metashape, nerfstudio or OpenCV to a RAW folder.",
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        )
-        p.add_argument("--config", type=str, default=None, help="JSON file of option values (defaults < file < command line)")
-        add_import_options(p)
-        return p
+# ------------------------------------------------------------------------------------ the machinery
+
+
+@dataclasses.dataclass
+class _Option:
+    group: str | None  # title of its argument group
+    exclusive: tuple[int, bool] | None  # (which, required) mutually exclusive group
+    args: tuple
+    kwargs: dict
+
+    @property
+    def dest(self) -> str:
+        return self.kwargs.get("dest") or self.args[0].lstrip("-").replace("-", "_")
+
+
+class _Recorder:
+    """Stands in for a parser while an ``add_*_options`` function runs; records what it adds."""
+
+    def __init__(self, options: list[_Option], group: str | None = None, exclusive: tuple[int, bool] | None = None):
+        self.options, self.group, self.exclusive = options, group, exclusive
+
+    def add_argument_group(self, title: str | None = None, description: str | None = None) -> "_Recorder":
+        return _Recorder(self.options, title)
+
+    def add_mutually_exclusive_group(self, required: bool = False) -> "_Recorder":
+        return _Recorder(self.options, self.group, (len(self.options), required))
+
+    def add_argument(self, *args, **kwargs) -> None:
+        self.options.append(_Option(self.group, self.exclusive, args, kwargs))
+
+
+@functools.lru_cache(maxsize=None)
+def _recorded(adder: Callable[[argparse.ArgumentParser], None]) -> tuple[_Option, ...]:
+    options: list[_Option] = []
+    adder(_Recorder(options))
+    return tuple(options)
+
+
+def stage_options(stage: str) -> list[str]:
+    """The dests of the options ``stage`` reads, in the order of its ``--help``."""
+    _, groups = _stage(stage)
+    return [o.dest for adder, keep in groups for o in _recorded(adder) if keep(o.dest)]
+
+
+def accepts(stage: str, dest: str) -> bool:
+    """Whether ``stage`` reads the option ``dest`` (e.g. ``accepts("eval_if", "device")``)."""
+    return dest in stage_options(stage)
+
+
+def readers(dest: str) -> list[str]:
+    """The stages that read the option ``dest``."""
+    return [s for s in STAGES if accepts(s, dest)]
+
+
+def _stage(stage: str) -> tuple[str, Groups]:
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; one of {sorted(STAGES)}")
-    description, adders = STAGES[stage]
-    p = argparse.ArgumentParser(
-        prog=f"{stage}.py", description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    add_common_options(p)
-    for add in adders:
-        add(p)
+    return STAGES[stage]
+
+
+def build_parser(stage: str) -> argparse.ArgumentParser:
+    """The parser of ``stage`` (a key of :data:`STAGES`): the options it reads, in their groups."""
+    description, groups = _stage(stage)
+    prog = {"dpmap_train": "dpmap_pred/train.py", "dpmap_main": "dpmap_pred/main.py",
+            "dpmap2mesh": "dpmap_pred/dpmap2mesh.py"}.get(stage, f"{stage}.py")
+    p = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    titled: dict[str | None, argparse._ActionsContainer] = {}
+    exclusive: dict[tuple, argparse._ActionsContainer] = {}
+    for adder, keep in groups:
+        for o in _recorded(adder):
+            if not keep(o.dest):
+                continue
+            if o.group not in titled:
+                titled[o.group] = p.add_argument_group(o.group) if o.group else p
+            target = titled[o.group]
+            if o.exclusive is not None:
+                key = (adder, o.exclusive)
+                if key not in exclusive:
+                    exclusive[key] = target.add_mutually_exclusive_group(required=o.exclusive[1])
+                target = exclusive[key]
+            target.add_argument(*o.args, **o.kwargs)
     return p
 
 
+def foreign_option_message(stage: str, dest: str) -> str | None:
+    """Why ``stage`` refuses the option ``dest`` that another stage reads; None when no stage reads it."""
+    if stage in FROM_CHECKPOINT and dest in FROM_CHECKPOINT[stage][1]:
+        checkpoint = FROM_CHECKPOINT[stage][0]
+        return (f"{stage} does not take --{dest}: the network comes from its checkpoint ({checkpoint}), which "
+                f"fixes --{dest}; it is read by {', '.join(readers(dest))} when training")
+    stages = readers(dest)
+    if not stages:
+        return None
+    return f"{stage} does not read --{dest}; it is read by {', '.join(stages)}"
+
+
+def _option_dest(parser: argparse.ArgumentParser, token: str) -> str | None:
+    """The dest of a command-line token ``--name`` or ``--name=value`` (``--no-x`` -> ``x``); None otherwise."""
+    if not token.startswith("--") or token == "--":
+        return None
+    name = token.split("=", 1)[0]
+    action = parser._option_string_actions.get(name)
+    if action is not None:
+        return action.dest
+    name = name[2:]
+    return name[3:] if name.startswith("no-") and not any(readers(name)) else name
+
+
+def check_foreign(stage: str, parser: argparse.ArgumentParser, dests: Sequence[str], where: str) -> None:
+    """Exit through ``parser.error`` when one of ``dests`` is an option of another stage (named)."""
+    own = {a.dest for a in parser._actions}
+    for dest in dests:
+        if dest not in own:
+            message = foreign_option_message(stage, dest)
+            if message:
+                parser.error(f"{message} ({where})")
+
+
+def read_by(stage: str, argv: Sequence[str]) -> list[str]:
+    """``argv`` without the options ``stage`` does not read (and their values): one set of arguments,
+    e.g. ``--dataroot D --facescape_dataroot R --device cpu``, cut to what each stage of a chain takes."""
+    own = build_parser(stage)
+    known = {**{k: a for s in STAGES for k, a in build_parser(s)._option_string_actions.items()},
+             **own._option_string_actions}
+    out, keep, i = [], True, 0
+    argv = list(argv)
+    while i < len(argv):
+        token = argv[i]
+        name = token.split("=", 1)[0]
+        action = known.get(name) if token.startswith("--") else None
+        if action is None:
+            if keep:
+                out.append(token)
+            i += 1
+            continue
+        keep = name in own._option_string_actions
+        values = 0 if "=" in token or action.nargs == 0 else 1
+        if action.nargs in ("*", "+"):
+            values = next((k for k, t in enumerate(argv[i + 1:]) if t.startswith("--")), len(argv) - i - 1)
+        elif isinstance(action.nargs, int):
+            values = action.nargs
+        if keep:
+            out += argv[i : i + 1 + values]
+        i += 1 + values
+    return out
+
+
 def parse_options(stage: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse ``argv`` (default: sys.argv) for ``stage``: defaults < ``--config`` file < command line."""
+    """Parse ``argv`` (default: sys.argv) for ``stage``: defaults < ``--config`` file < command line.
+    An option another stage reads is an error naming that stage, on the command line and in the file."""
     parser = build_parser(stage)
     argv = list(sys.argv[1:] if argv is None else argv)
+    check_foreign(stage, parser, [d for d in map(functools.partial(_option_dest, parser), argv) if d], "command line")
     pre, _ = parser.parse_known_args(argv)
-    if pre.config:
+    if getattr(pre, "config", None):
         path = Path(pre.config)
         if not path.is_file():
             parser.error(f"--config {path} does not exist")
@@ -342,6 +555,7 @@ def parse_options(stage: str, argv: Sequence[str] | None = None) -> argparse.Nam
             values = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             parser.error(f"--config {path} is not valid JSON: {exc}")
+        check_foreign(stage, parser, list(values), f"--config {path}")
         known = {a.dest for a in parser._actions}
         unknown = sorted(set(values) - known)
         if unknown:

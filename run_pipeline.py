@@ -110,6 +110,9 @@ def read_stage_args(path: str | None) -> dict[str, list[str]]:
     return data
 
 
+OPTION_STAGE = {"report": "make_report"}  # pipeline stage name -> its name in options.STAGES
+
+
 def select_stages(stages, start, stop):
     names = [s[0] for s in stages]
     for n in (start, stop):
@@ -122,14 +125,13 @@ def select_stages(stages, start, stop):
 
 def stage_argv(name: str, script: str, extra: list[str], opt: argparse.Namespace) -> list[str]:
     """The stage's command-line arguments (without the interpreter and script)."""
-    argv = ["--dataroot", opt.dataroot, "--facescape_dataroot", opt.facescape_dataroot]
-    argv += ["--split", opt.split, "--device", opt.device]
-    if name == "preprocess_images":
-        argv += ["--image_long_side", str(opt.image_long_side)]
-    if opt.overwrite:
-        argv.append("--overwrite")
-    if opt.ids:
-        argv += ["--ids", *opt.ids]
+    from options import read_by
+
+    argv = ["--dataroot", opt.dataroot, "--facescape_dataroot", opt.facescape_dataroot, "--split", opt.split,
+            "--device", opt.device, "--image_long_side", str(opt.image_long_side)]
+    argv += ["--overwrite"] if opt.overwrite else []
+    argv += ["--ids", *opt.ids] if opt.ids else []
+    argv = read_by(OPTION_STAGE.get(name, name), argv)  # a stage is given only what it reads
     return argv + extra + [str(a) for a in opt.extra_args.get(name, [])]
 
 

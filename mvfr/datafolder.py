@@ -247,6 +247,10 @@ class DataFolder(_Meta):
     def metrics_json(self) -> Path:
         return self.root / "eval" / "metrics.json"
 
+    def face_metrics(self, fid: str) -> Path:
+        """One face's metrics and the settings they were computed with (evaluate.py)."""
+        return self.root / "eval" / "faces" / f"metrics_{fid}.json"
+
     @property
     def report_dir(self) -> Path:
         return self.root / "eval" / "report"

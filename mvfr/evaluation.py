@@ -30,8 +30,8 @@ from mvfr.datafolder import DataError, DataFolder, RawFolder, read_json
 from mvfr.mesh_io import Mesh, read_mesh
 from mvfr.metrics import (
     STAGE_ORDER,
+    ScanIndex,
     facial_region_from_surface,
-    open_edges,
     orient_towards_cameras,
     region_faces_from_vertices,
     surface_metrics,
@@ -138,15 +138,18 @@ def camera_centres(folder: DataFolder, raw: RawFolder, fid: str) -> np.ndarray:
     return np.zeros((0, 3))
 
 
-def oriented_scan(gt: Mesh, centres: np.ndarray, fid: str) -> Mesh:
-    """The scan wound to face the cameras (:func:`mvfr.metrics.orient_towards_cameras`); logs flips."""
+def oriented_scan(gt: Mesh | ScanIndex, centres: np.ndarray, fid: str) -> ScanIndex:
+    """The scan wound to face the cameras (:func:`mvfr.metrics.orient_towards_cameras`), as the
+    :class:`~mvfr.metrics.ScanIndex` every stage is scored against; logs flips."""
+    scan = gt if isinstance(gt, ScanIndex) else ScanIndex(gt.vertices, gt.faces)
     if len(centres) == 0:
         log.warning("%s: no cameras found; the scan's winding is taken as it is", fid)
-        return gt
-    faces, flipped = orient_towards_cameras(gt.vertices, gt.faces, centres)
-    if flipped:
-        log.warning("%s: %d of %d scan faces were wound away from the cameras; re-wound before scoring", fid, flipped, len(faces))
-    return Mesh(gt.vertices, faces)
+        return scan
+    faces, flipped = orient_towards_cameras(scan.vertices, scan.faces, centres, scan=scan)
+    if not flipped:
+        return scan
+    log.warning("%s: %d of %d scan faces were wound away from the cameras; re-wound before scoring", fid, flipped, len(faces))
+    return scan.rewound(faces)
 
 
 def evaluate_face(
@@ -158,18 +161,31 @@ def evaluate_face(
     seed: int = 0,
     scan_region: str | None = None,
 ) -> dict[str, dict[str, float]]:
-    """``{stage: {metric: value}}`` for every stage of ``stages`` whose output exists for ``fid``."""
+    """``{stage: {metric: value}}`` for every stage of ``stages`` whose output exists for ``fid``.
+
+    The scan is read once and prepared once (:class:`~mvfr.metrics.ScanIndex`: its closest-point tree,
+    normals, open edge and region samples) for every stage scored against it."""
     outputs = {s: p for s, p in stage_outputs(folder, fid).items() if s in stages and p.is_file()}
     if not outputs:
         raise ValueError(f"face {fid} has no stage output to evaluate in {folder.root}; run the pipeline first")
     gt = read_mesh(raw.scan(fid))
     mm = folder.mm_per_unit(fid)
-    gt = oriented_scan(gt, camera_centres(folder, raw, fid), fid)
-    region, source = gt_region(gt, folder, raw, fid, mm, scan_region)
+    scan = oriented_scan(gt, camera_centres(folder, raw, fid), fid)
+    region, source = gt_region(Mesh(scan.vertices, scan.faces), folder, raw, fid, mm, scan_region)
     log.info("%s: facial region %d of %d scan faces, from %s", fid, int(region.sum()), len(region), source)
     result = {}
-    edges = open_edges(gt.faces)  # once per scan, not per stage
     for stage, path in outputs.items():
-        result[stage] = surface_metrics(read_mesh(path), gt, region, mm, n_samples=n_samples, seed=seed, gt_open_edges=edges)
+        result[stage] = surface_metrics(read_mesh(path), scan, region, mm, n_samples=n_samples, seed=seed)
         log.info("%s %s: chamfer %.3f mm", fid, stage, result[stage]["chamfer_mm"])
     return result
+
+
+def evaluation_inputs(folder: DataFolder, raw: RawFolder, fid: str, scan_region: str | None = None) -> list[Path]:
+    """The files the metrics of ``fid`` are computed from: the stages' outputs that exist, the scan,
+    its region file (a per-face result older than any of them is stale)."""
+    paths = [p for p in stage_outputs(folder, fid).values() if p.is_file()] + [raw.scan(fid)]
+    try:
+        region = region_source(folder, raw, fid, scan_region)
+    except DataError:
+        region = None
+    return [p for p in paths + ([region] if region else []) if p.is_file()]

@@ -161,13 +161,22 @@ def sample_surface(
     Zero-area faces are never sampled; a mesh with no area raises ValueError.
     """
     v, f = _check_mesh(vertices, faces, "mesh")
+    return _sample_by_area(v, f, face_areas(v, f), n, seed)
+
+
+def face_areas(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area ``[F]`` of every triangle, in units squared."""
+    tri = vertices[faces]
+    return 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+
+
+def _sample_by_area(v: np.ndarray, f: np.ndarray, area: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`sample_surface` with the faces' ``area [F]`` given (computed once per scan by :class:`ScanIndex`)."""
     n = int(n)
     if n < 1:
         raise ValueError(f"number of samples must be >= 1, got {n}")
-    tri = v[f]
-    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
     cum = np.cumsum(area)
-    total = cum[-1]
+    total = cum[-1] if len(cum) else 0.0
     if not total > 0:
         raise ValueError("cannot sample a mesh whose total area is zero")
     rng = np.random.default_rng(seed)
@@ -176,27 +185,103 @@ def sample_surface(
     r1 = np.sqrt(rng.random(n))
     r2 = rng.random(n)
     bary = np.stack([1.0 - r1, r1 * (1.0 - r2), r1 * r2], axis=1)
-    points = np.einsum("pk,pkc->pc", bary, tri[face_idx])
+    points = np.einsum("pk,pkc->pc", bary, v[f[face_idx]])
     return points, face_idx, bary
+
+
+class ScanIndex:
+    """A ground-truth scan prepared once for every surface scored against it.
+
+    ``vertices [N, 3]``, ``faces [F, 3]`` in capture units. Holds what every stage's
+    :func:`surface_metrics` and the scan's orientation (:func:`orient_towards_cameras`) need of the
+    scan, each computed once, on first use: the faces' areas, a libigl AABB tree for closest points,
+    the area-weighted vertex normals, the open edge (:func:`open_edges`) and area samples of a region.
+    On a 1.9 M-triangle scan building these took most of the time of every stage, once per stage.
+    """
+
+    def __init__(self, vertices: np.ndarray, faces: np.ndarray):
+        self.vertices, self.faces = _check_mesh(vertices, faces, "ground truth")
+        self.area = face_areas(self.vertices, self.faces)
+        self._tree = None
+        self._normals: np.ndarray | None = None
+        self._edges: tuple[np.ndarray, np.ndarray] | None = None
+        self._half_edges: tuple[np.ndarray, ...] | None = None
+        self._samples: dict = {}
+
+    def rewound(self, faces: np.ndarray) -> "ScanIndex":
+        """The same scan with ``faces`` wound otherwise (the same triangles, corners reordered): areas
+        and tree are kept; what depends on the corners' order (normals, edges, samples) is made again."""
+        f = np.ascontiguousarray(faces, dtype=np.int64)
+        if f.shape != self.faces.shape or not np.array_equal(np.sort(f, 1), np.sort(self.faces, 1)):
+            raise ValueError("rewound() takes the scan's own triangles, wound otherwise")
+        out = ScanIndex.__new__(ScanIndex)
+        out.vertices, out.faces, out.area = self.vertices, f, self.area
+        out._tree, out._normals, out._edges, out._half_edges, out._samples = self._tree, None, None, None, {}
+        return out
+
+    def closest(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:func:`point_to_mesh` against the scan with its tree built once: ``points [P, 3]`` ->
+        ``dist [P]`` units, ``closest [P, 3]``, ``face_idx [P]``."""
+        p = np.ascontiguousarray(points, dtype=np.float64)
+        if p.ndim != 2 or p.shape[1] != 3 or not np.isfinite(p).all():
+            raise ValueError(f"points must be a finite [P, 3] array, got shape {p.shape}")
+        if len(p) == 0:
+            return np.zeros(0), np.zeros((0, 3)), np.zeros(0, dtype=np.int64)
+        if self._tree is None:
+            self._tree = igl.AABB()
+            self._tree.init(self.vertices, self.faces)
+        sqr, idx, closest = self._tree.squared_distance(self.vertices, self.faces, p)
+        return np.sqrt(np.maximum(sqr, 0.0)), np.asarray(closest), np.asarray(idx, dtype=np.int64)
+
+    @property
+    def vertex_normals(self) -> np.ndarray:
+        """Area-weighted unit vertex normals ``[N, 3]`` (:func:`mvfr.mesh_io.vertex_normals`)."""
+        if self._normals is None:
+            self._normals = vertex_normals(self.vertices, self.faces)
+        return self._normals
+
+    @property
+    def open_edges(self) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`open_edges` of the scan's faces."""
+        if self._edges is None:
+            self._edges = open_edges(self.faces, self.half_edges)
+        return self._edges
+
+    @property
+    def half_edges(self) -> tuple[np.ndarray, ...]:
+        """:func:`half_edges` of the scan's faces."""
+        if self._half_edges is None:
+            self._half_edges = half_edges(self.faces)
+        return self._half_edges
+
+    def sample(self, n: int, seed: int, region: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:func:`sample_surface` of the scan, or of its faces where ``region [F] bool`` (``face_idx`` then
+        indexes the region's faces); the same samples as that function's for the same seed. A region's
+        samples are kept for the next stage."""
+        if region is None:
+            return _sample_by_area(self.vertices, self.faces, self.area, n, seed)
+        key = (int(n), int(seed), hash(np.asarray(region, dtype=bool).tobytes()))
+        if key not in self._samples:
+            idx = np.flatnonzero(region)
+            self._samples[key] = _sample_by_area(self.vertices, self.faces[idx], self.area[idx], n, seed)
+        return self._samples[key]
 
 
 # -------------------------------------------------------------------------------- facial region
 
 
-def open_edges(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def open_edges(faces: np.ndarray, edges: tuple[np.ndarray, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The mesh's open edge: ``[F, 3]`` bool, edge k of a face (opposite corner k) belongs to that face
-    only, and ``[V]`` bool, the vertices on such an edge. Computed once per scan (:func:`on_open_edge`)."""
+    only, and ``[V]`` bool, the vertices on such an edge. Computed once per scan (:func:`on_open_edge`).
+    ``edges``: :func:`half_edges` of ``faces``, computed when None."""
     f = np.asarray(faces, dtype=np.int64)
-    F = len(f)
-    # edge k of a face is opposite corner k: (corner k+1, corner k+2)
-    a = np.concatenate([f[:, 1], f[:, 2], f[:, 0]])
-    b = np.concatenate([f[:, 2], f[:, 0], f[:, 1]])
-    key = np.minimum(a, b) * (int(f.max()) + 1) + np.maximum(a, b)
-    _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
-    open_edge = (counts[inverse] == 1).reshape(3, F).T  # [F, 3]
-    open_vertex = np.zeros(int(f.max()) + 1, dtype=bool)
-    open_vertex[a[open_edge.T.ravel()]] = True
-    open_vertex[b[open_edge.T.ravel()]] = True
+    a, b, order, start, count = half_edges(f) if edges is None else edges
+    single = order[start[count == 1]]  # half-edge 3 i + k: face i, from corner k to k + 1, opposite corner k + 2
+    open_edge = np.zeros((len(f), 3), dtype=bool)
+    open_edge[single // 3, (single % 3 + 2) % 3] = True
+    open_vertex = np.zeros(int(f.max()) + 1 if len(f) else 0, dtype=bool)
+    open_vertex[a[single]] = True
+    open_vertex[b[single]] = True
     return open_edge, open_vertex
 
 
@@ -279,27 +364,37 @@ def facial_region_from_surface(
 # --------------------------------------------------------------------------------- orientation
 
 
-def consistent_patches(faces: np.ndarray) -> np.ndarray:
+def half_edges(faces: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The half-edges of ``faces [F, 3]`` grouped by edge: ``a, b [3F]`` (half-edge ``3 i + k`` runs from
+    corner k of face i to corner k + 1), ``order [3F]`` (the half-edges sorted by undirected edge), ``start
+    [E]`` and ``count [E]`` (each edge's run in ``order``). Shared by :func:`open_edges` and
+    :func:`consistent_patches` (one sort of a scan's 5.6 M half-edges instead of two)."""
+    f = np.asarray(faces, dtype=np.int64)
+    a = f.reshape(-1)
+    b = f[:, [1, 2, 0]].reshape(-1)
+    key = np.minimum(a, b) * (int(f.max()) + 1 if len(f) else 1) + np.maximum(a, b)
+    order = np.argsort(key, kind="stable")
+    k = key[order]
+    start = np.flatnonzero(np.r_[True, k[1:] != k[:-1]]) if len(k) else np.zeros(0, np.int64)
+    count = np.diff(np.r_[start, len(k)])
+    return a, b, order, start, count
+
+
+def consistent_patches(faces: np.ndarray, edges: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
     """Label ``[F]`` int64 of the consistently wound patch of every face.
 
     Two faces sharing an edge (an edge with exactly two faces) are in one patch when they traverse
     it in opposite directions (consistent winding); a patch's faces can all be flipped together.
+    ``edges``: :func:`half_edges` of ``faces``, computed when None.
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
     f = np.asarray(faces, dtype=np.int64)
     F = len(f)
-    a = f.reshape(-1)
-    b = f[:, [1, 2, 0]].reshape(-1)
+    a, b, order, start, count = half_edges(f) if edges is None else edges
     owner = np.repeat(np.arange(F), 3)
-    lo, hi = np.minimum(a, b), np.maximum(a, b)
     forward = a < b
-    key = lo * (int(f.max()) + 1 if F else 1) + hi
-    order = np.argsort(key, kind="stable")
-    k = key[order]
-    start = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
-    count = np.diff(np.r_[start, len(k)])
     pair = start[count == 2]
     e0, e1 = order[pair], order[pair + 1]
     ok = forward[e0] != forward[e1]
@@ -310,7 +405,8 @@ def consistent_patches(faces: np.ndarray) -> np.ndarray:
 
 
 def orient_towards_cameras(
-    vertices: np.ndarray, faces: np.ndarray, centres: np.ndarray, rays_per_camera: int = 20000, seed: int = 0
+    vertices: np.ndarray, faces: np.ndarray, centres: np.ndarray, rays_per_camera: int = 20000, seed: int = 0,
+    scan: ScanIndex | None = None,
 ) -> tuple[np.ndarray, int]:
     """Wind every consistently wound patch of a scan so that the cameras see its front sides.
 
@@ -319,7 +415,8 @@ def orient_towards_cameras(
     centre to ``rays_per_camera`` points sampled by area (embree, first hit): the face hit first is
     seen from that camera and votes +1 when its normal points towards the camera, -1 otherwise; a
     patch (:func:`consistent_patches`) with a negative sum is flipped. Patches no ray reaches keep
-    their winding. A correctly wound scan comes back unchanged.
+    their winding. A correctly wound scan comes back unchanged. ``scan``: the :class:`ScanIndex` of
+    ``vertices``, ``faces`` when the caller has one (its face areas are reused).
     """
     from mvfr.mesh_io import face_normals
     from mvfr.visibility import RayCaster
@@ -328,12 +425,13 @@ def orient_towards_cameras(
     c = np.asarray(centres, dtype=np.float64).reshape(-1, 3)
     if len(c) == 0:
         return f, 0
-    labels = consistent_patches(f)
+    area = face_areas(v, f) if scan is None else scan.area
+    labels = consistent_patches(f, None if scan is None else scan.half_edges)
     fn = face_normals(v, f)
     caster = RayCaster(v, f)
     votes = np.zeros(int(labels.max()) + 1)
     for k, centre in enumerate(c):
-        pts, _, _ = sample_surface(v, f, rays_per_camera, seed + k)
+        pts, _, _ = _sample_by_area(v, f, area, rays_per_camera, seed + k)
         d = pts - centre
         d /= np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-30)
         ray, tri, _ = caster.first_hit(np.repeat(centre[None], len(d), 0), d)
@@ -352,7 +450,7 @@ def orient_towards_cameras(
 
 def surface_metrics(
     pred: Mesh,
-    gt: Mesh,
+    gt: Mesh | ScanIndex,
     gt_region_faces: np.ndarray,
     mm_per_unit: float,
     n_samples: int = 200_000,
@@ -365,13 +463,15 @@ def surface_metrics(
     :func:`region_faces_from_vertices` or :func:`facial_region_from_surface`); ``mm_per_unit`` > 0;
     ``n_samples`` points are drawn on the prediction (seed ``seed``) and on the GT region (seed
     ``seed + 1``); ``gt_open_edges``: :func:`open_edges` of ``gt.faces`` when several predictions are scored
-    against one scan (computed when None). Returns ``{key: float}`` with the keys of :data:`METRIC_KEYS` (see the module
+    against one scan (computed when None); ``gt`` may be the scan's :class:`ScanIndex`, which keeps what every
+    stage needs of the scan (tree, normals, region samples) for the next. Returns ``{key: float}`` with the keys of :data:`METRIC_KEYS` (see the module
     docstring for each definition). Raises ValueError on an empty region, a prediction that does
     not reach the region, NaN vertices or ``mm_per_unit <= 0``.
     """
     mm_per_unit = _check_positive(mm_per_unit, "mm_per_unit")
     pv, pf = _check_mesh(pred.vertices, pred.faces, "prediction")
-    gv, gf = _check_mesh(gt.vertices, gt.faces, "ground truth")
+    scan = gt if isinstance(gt, ScanIndex) else ScanIndex(gt.vertices, gt.faces)
+    gv, gf = scan.vertices, scan.faces
     region = np.asarray(gt_region_faces)
     if region.dtype != bool or region.shape != (len(gf),):
         raise ValueError(
@@ -385,16 +485,16 @@ def surface_metrics(
     # Accuracy: prediction samples -> whole GT, kept where the closest GT point is on a region face
     # and not on the scan's open edge.
     p_pts, p_face, p_bary = sample_surface(pv, pf, n_samples, seed)
-    d_acc, g_closest, g_face = point_to_mesh(p_pts, gv, gf)
+    d_acc, g_closest, g_face = scan.closest(p_pts)
     g_bary_all = barycentric(g_closest, gv[gf[g_face]])
-    keep = region[g_face] & ~on_open_edge(gf, g_face, g_bary_all, edges=gt_open_edges)
+    keep = region[g_face] & ~on_open_edge(gf, g_face, g_bary_all, edges=gt_open_edges or scan.open_edges)
     if not keep.any():
         raise ValueError("no prediction sample is closest to the facial region (prediction misses the face)")
     acc_mm = d_acc[keep] * mm_per_unit
 
     # Completeness: GT region samples -> whole prediction.
     try:
-        g_pts, _, _ = sample_surface(gv, gf[region_idx], n_samples, seed + 1)
+        g_pts, _, _ = scan.sample(n_samples, seed + 1, region)
     except ValueError as exc:
         raise ValueError("the facial region of the GT scan has zero area") from exc
     d_comp, _, _ = point_to_mesh(g_pts, pv, pf)
@@ -404,7 +504,7 @@ def surface_metrics(
     n_pred, ok_p = _normalise(_interpolate(vertex_normals(pv, pf), pf, p_face[keep], p_bary[keep]))
     g_face_k = g_face[keep]
     g_bary = g_bary_all[keep]
-    n_gt, ok_g = _normalise(_interpolate(vertex_normals(gv, gf), gf, g_face_k, g_bary))
+    n_gt, ok_g = _normalise(_interpolate(scan.vertex_normals, gf, g_face_k, g_bary))
     ok = ok_p & ok_g
     cross = np.linalg.norm(np.cross(n_pred[ok], n_gt[ok]), axis=1)
     dot = np.einsum("ij,ij->i", n_pred[ok], n_gt[ok])

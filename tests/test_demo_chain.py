@@ -14,9 +14,9 @@ from accuracy_guard import assert_closer_than_base, read_mean_metrics
 SYNTHETIC = ["--num_ids", "1", "--num_exps", "1", "--num_views", "7", "--num_eval_ids", "1", "--first_id", "901",
              "--seed", "2026", "--image_long_side", "1296", "--albedo_size", "512", "--dpmap_size", "256", "--scan_level", "2"]
 # the stages at S = 128 (the demo: 256) and D = 101 (+-10 mm; the demo: 201), small texture and meso mesh
-HYPOTHESES = ["--uv_size", "128", "--d_size", "101"]
+HYPOTHESES = ["--d_size", "101"]  # S comes from the maps
 STAGE_ARGS = {"gen_maps": ["--uv_size", "128"], "eval_if": HYPOTHESES, "eval_reg": HYPOTHESES,
-              "gen_tex": ["--uv_size", "128", "--tex_uv_size", "256"], "dpmap2mesh": ["--dp_subdiv_levels", "1"],
+              "gen_tex": ["--tex_uv_size", "256"], "dpmap2mesh": ["--dp_subdiv_levels", "1"],
               "evaluate": ["--n_samples", "20000"]}
 
 # Accuracy guard: on capture 901_xx of seed 2026 (6 valid views at 1296 px, S = 128, D = 101) the IF, reg and meso

@@ -120,3 +120,19 @@ def test_flipped_scan_gives_the_same_normal_error(scan_folders, tmp_path):
         assert after[stage]["normal_error_deg"] == pytest.approx(before[stage]["normal_error_deg"], abs=1e-6)
         assert after[stage]["chamfer_mm"] == pytest.approx(before[stage]["chamfer_mm"], abs=1e-9)
     assert after["reg"]["normal_error_deg"] < 1e-3  # not 180
+
+
+def test_a_face_is_scored_once_until_its_inputs_change(scan_folders, capsys):
+    raw, data, fid, _ = scan_folders
+    first = run(raw, data)
+    capsys.readouterr()
+    assert run(raw, data) == first  # from the per-face file
+    assert "0 done, 1 skipped" in capsys.readouterr().err
+    data.meso_mesh(fid).touch()  # a newer output: scored again
+    assert run(raw, data) == first
+    assert "1 done, 0 skipped" in capsys.readouterr().err
+    run(raw, data, stages=("reg",))  # other settings: scored again, and only what was asked is in metrics.json
+    assert "1 done" in capsys.readouterr().err
+    assert set(json.loads(data.metrics_json.read_text())["faces"][fid]) == {"reg"}
+    run(raw, data, "--overwrite", stages=("reg",))
+    assert "1 done" in capsys.readouterr().err

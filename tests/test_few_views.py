@@ -166,7 +166,7 @@ def test_flat_score_region_continues_the_confident_surface_in_eval_reg(tmp_path)
     D, S, fid, mm_per_unit, interval = 41, 32, "001_01", 2.5, 0.5
     folder = DataFolder(tmp_path)
     opt = parse_options("eval_reg", ["--dataroot", str(tmp_path), "--split", "eval", "--d_size", str(D),
-                                     "--uv_size", str(S), "--interval_scale", str(interval)])
+                                     "--interval_scale", str(interval)])
     assert (opt.conf_low, opt.conf_high, opt.sigma) == (0.05, 0.2, 1.0)  # exclusion: 3 sigma = 6 steps
     d = np.arange(D)[:, None, None] - D // 2  # hypothesis offset in steps
     peak = lambda at, h: h * np.exp(-((d - at) ** 2) / (2 * 2.0**2))  # noqa: E731

@@ -22,14 +22,14 @@ from conftest import ROOT
 
 def test_options_precedence_defaults_config_cli(tmp_path):
     cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps({"uv_size": 128, "d_size": 51}))
-    opt = parse_options("train_if", [])
-    assert opt.uv_size == 256 and opt.d_size == 201 and opt.interval_scale == 0.2
-    opt = parse_options("train_if", ["--config", str(cfg)])
-    assert opt.uv_size == 128 and opt.d_size == 51
-    opt = parse_options("train_if", ["--config", str(cfg), "--uv_size", "64"])
-    assert opt.uv_size == 64 and opt.d_size == 51
-    assert opt.mlp_dim == [258, 1024, 512, 256, 128, 1]
+    cfg.write_text(json.dumps({"normal_smooth_iters": 5, "d_size": 51}))
+    opt = parse_options("eval_if", [])
+    assert opt.normal_smooth_iters == 2 and opt.d_size == 201 and opt.interval_scale == 0.2
+    opt = parse_options("eval_if", ["--config", str(cfg)])
+    assert opt.normal_smooth_iters == 5 and opt.d_size == 51
+    opt = parse_options("eval_if", ["--config", str(cfg), "--normal_smooth_iters", "0"])
+    assert opt.normal_smooth_iters == 0 and opt.d_size == 51
+    assert parse_options("train_if", []).mlp_dim == [258, 1024, 512, 256, 128, 1]
 
 
 def test_options_unknown_config_key_is_an_error(tmp_path, capsys):
@@ -188,3 +188,24 @@ def test_obj_polygons_are_triangulated_and_errors_name_the_line(tmp_path):
     (tmp_path / "oob.obj").write_text("v 0 0 0\nf 1 2 3\n")
     with pytest.raises(ValueError, match="does not exist"):
         read_obj(tmp_path / "oob.obj")
+
+
+def test_binary_ply_fast_path_reads_what_trimesh_reads(tmp_path):
+    import trimesh
+
+    from mvfr.mesh_io import _read_ply_binary, read_ply, write_ply
+
+    rng = np.random.default_rng(0)
+    v, f, uv = rng.normal(size=(50, 3)), rng.integers(0, 50, (80, 3)), rng.random((50, 2))
+    write_ply(tmp_path / "m.ply", Mesh(v, f, uvs=uv, face_uvs=f))
+    fast = _read_ply_binary(tmp_path / "m.ply")
+    tm = trimesh.load(tmp_path / "m.ply", file_type="ply", process=False, force="mesh")
+    assert fast is not None
+    np.testing.assert_array_equal(fast.vertices, tm.vertices)
+    np.testing.assert_array_equal(fast.faces, tm.faces)
+    np.testing.assert_array_equal(fast.uvs, tm.visual.uv)
+    # quads and ASCII files are not the fast path's: trimesh reads (and triangulates) them
+    quad = "ply\nformat ascii 1.0\nelement vertex 4\nproperty float x\nproperty float y\nproperty float z\n" \
+           "element face 1\nproperty list uchar int vertex_indices\nend_header\n0 0 0\n1 0 0\n1 1 0\n0 1 0\n4 0 1 2 3\n"
+    (tmp_path / "q.ply").write_text(quad)
+    assert _read_ply_binary(tmp_path / "q.ply") is None and len(read_ply(tmp_path / "q.ply").faces) == 2

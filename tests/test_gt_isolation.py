@@ -53,7 +53,7 @@ def synthetic(tmp_path_factory):
         rt_scale[str(pid)] = {str(eid): cap.rt_scale}
         ids.append((pid, eid))
     capture.write_metadata(raw, select, rt_scale, ids, {pid for pid, _ in ids})
-    assert preprocess_images.main(["--dataroot", str(root / "data"), "--facescape_dataroot", str(raw.root), "--split", "eval",
+    assert preprocess_images.main(["--dataroot", str(root / "data"), "--facescape_dataroot", str(raw.root),
                                    "--image_long_side", str(SYNTH_LONG_SIDE)]) == 0
     return root
 
@@ -84,19 +84,19 @@ def run_eval_chain(data: DataFolder, raw: RawFolder, detector, monkeypatch, size
     from conftest import ROOT
     from dpmap_pred import dpmap2mesh
     from dpmap_pred import main as dp_main
-    from options import parse_options
+    from options import parse_options, read_by
 
     monkeypatch.chdir(ROOT)
     common = ["--dataroot", str(data.root), "--facescape_dataroot", str(raw.root), "--split", "eval", "--device", "cpu"]
-    opt = parse_options("gen_maps", common + ["--uv_size", str(size)])
+    opt = parse_options("gen_maps", read_by("gen_maps", common) + ["--uv_size", str(size)])
     maker = gen_maps.MapMaker(opt, detector=detector) if detector is not None else gen_maps.MapMaker(opt)
     for fid in FIDS:
         maker.process(fid)
     for module, extra in ((eval_if, hyp + ["--c2f_rounds", "1"]), (eval_reg, hyp), (gen_tex, ["--tex_uv_size", "128"])):
-        monkeypatch.setattr(sys, "argv", [module.__name__ + ".py"] + common + extra)
+        monkeypatch.setattr(sys, "argv", [module.__name__ + ".py"] + read_by(module.__name__, common) + extra)
         assert module.main() == 0, module.__name__
-    assert dp_main.main(common) == 0
-    assert dpmap2mesh.main(common + ["--dp_subdiv_levels", "1"]) == 0
+    assert dp_main.main(read_by("dpmap_main", common)) == 0
+    assert dpmap2mesh.main(read_by("dpmap2mesh", common) + ["--dp_subdiv_levels", "1"]) == 0
     import torch
 
     assert torch.is_grad_enabled()  # no stage switches autograd off for the rest of the process
@@ -125,7 +125,7 @@ def test_every_eval_stage_gives_identical_outputs_without_ground_truth(synthetic
     remove_ground_truth(data2, raw2)
     assert not raw2.scan(FIDS[0]).exists() and raw.scan(FIDS[0]).is_file()
 
-    hyp = ["--uv_size", str(SYNTH_S), "--d_size", str(SYNTH_D), "--interval_scale", str(SYNTH_INTERVAL)]
+    hyp = ["--d_size", str(SYNTH_D), "--interval_scale", str(SYNTH_INTERVAL)]  # S comes from the maps
     run_eval_chain(data, raw, None, monkeypatch, SYNTH_S, hyp)
     run_eval_chain(data2, raw2, None, monkeypatch, SYNTH_S, hyp)
     with_gt, without_gt = outputs(data), outputs(data2)

@@ -331,14 +331,15 @@ def _chain(raw, data, monkeypatch, common):
     import preprocess_images
 
     from conftest import ROOT
+    from options import read_by
 
     monkeypatch.chdir(ROOT)  # the stages' default checkpoints are relative to the repository root
-    assert preprocess_images.main(common + ["--image_long_side", str(IMAGE_LONG_SIDE)]) == 0
-    assert gen_maps.main(common + ["--uv_size", "64"]) == 0
-    for mod, name in ((eval_if, "eval_if.py"), (eval_reg, "eval_reg.py")):
-        monkeypatch.setattr("sys.argv", [name, *common, "--uv_size", "64", "--d_size", "61"])
+    assert preprocess_images.main(read_by("preprocess_images", common) + ["--image_long_side", str(IMAGE_LONG_SIDE)]) == 0
+    assert gen_maps.main(read_by("gen_maps", common) + ["--uv_size", "64"]) == 0
+    for mod, name in ((eval_if, "eval_if"), (eval_reg, "eval_reg")):
+        monkeypatch.setattr("sys.argv", [f"{name}.py", *read_by(name, common), "--d_size", "61"])  # S: the maps'
         assert mod.main() == 0
-    assert evaluate.main(common + ["--stages", "base", "if", "reg", "--n_samples", "5000"]) == 0
+    assert evaluate.main(read_by("evaluate", common) + ["--stages", "base", "if", "reg", "--n_samples", "5000"]) == 0
     return read_mean_metrics(data)
 
 

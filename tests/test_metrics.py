@@ -306,3 +306,55 @@ def test_format_table_orders_stages_and_columns():
     assert lines[0].split() == ["stage", "chamfer_mm", "normal_error_deg"]
     assert [line.split()[0] for line in lines[2:]] == ["base", "reg", "meso"]
     assert lines[2].split()[1:] == ["2.000", "8.000"]
+
+
+# ----------------------------------------------------------------------------- one scan, many stages
+
+
+def test_scan_index_scores_like_the_plain_scan_and_builds_once():
+    gt = concat(grid(-1, 1, -1, 1, 30, 30), sphere(0.3, 3, (0, 0, 1.0)))
+    region = np.arange(len(gt.faces)) % 3 != 0
+    preds = [sphere(0.31, 3, (0, 0, 1.02)), grid(-0.9, 0.9, -0.9, 0.9, 17, 17, z=0.05)]
+    scan = metrics.ScanIndex(gt.vertices, gt.faces)
+    for pred in preds:
+        plain = metrics.surface_metrics(pred, gt, region, 2.0, n_samples=5000, seed=3)
+        assert metrics.surface_metrics(pred, scan, region, 2.0, n_samples=5000, seed=3) == plain
+    tree = scan._tree
+    metrics.surface_metrics(preds[0], scan, region, 2.0, n_samples=5000, seed=4)
+    assert tree is not None and scan._tree is tree and len(scan._samples) == 2  # built once; region samples per seed
+    p = np.random.default_rng(0).normal(size=(500, 3))
+    for a, b in zip(scan.closest(p), metrics.point_to_mesh(p, gt.vertices, gt.faces)):
+        np.testing.assert_allclose(a, b, atol=1e-12)
+    # the scan's samples are sample_surface's for the same seed
+    for a, b in zip(scan.sample(300, 7), metrics.sample_surface(gt.vertices, gt.faces, 300, 7)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_rewound_scan_index_scores_like_a_fresh_one():
+    gt = concat(grid(-1, 1, -1, 1, 12, 12), sphere(0.3, 2, (0, 0, 1.0)))
+    flip = np.arange(len(gt.faces)) < 288  # the grid's faces, wound the other way
+    faces = np.where(flip[:, None], gt.faces[:, ::-1], gt.faces)
+    region = np.ones(len(faces), bool)
+    pred = grid(-1.2, 1.2, -1.2, 1.2, 9, 9, z=0.02)  # reaches beyond the grid's open edge
+    scan = metrics.ScanIndex(gt.vertices, gt.faces)
+    scan.open_edges, scan.vertex_normals  # computed for the old winding
+    rewound = scan.rewound(faces)
+    fresh = metrics.surface_metrics(pred, Mesh(gt.vertices, faces), region, 1.0, n_samples=4000)
+    assert metrics.surface_metrics(pred, rewound, region, 1.0, n_samples=4000) == fresh
+    with pytest.raises(ValueError, match="own triangles"):
+        scan.rewound(faces[::-1][:10])
+
+
+def test_open_edges_against_counting_every_edge():
+    mesh = grid(0, 1, 0, 1, 6, 5)
+    keep = np.random.default_rng(1).random(len(mesh.faces)) > 0.3  # holes
+    f = mesh.faces[keep]
+    from collections import Counter
+
+    uses = Counter(tuple(sorted((int(t[(k + 1) % 3]), int(t[(k + 2) % 3])))) for t in f for k in range(3))
+    open_edge, open_vertex = metrics.open_edges(f)
+    for i, t in enumerate(f):
+        for k in range(3):
+            assert open_edge[i, k] == (uses[tuple(sorted((int(t[(k + 1) % 3]), int(t[(k + 2) % 3]))))] == 1)
+    on = {v for e, n in uses.items() if n == 1 for v in e}
+    assert set(np.flatnonzero(open_vertex)) == on and 0 < len(on) < len(mesh.vertices)

@@ -270,7 +270,7 @@ def test_train_reg_eval_reg_gen_tex_end_to_end(tmp_path, monkeypatch):
     fn = face_normals(mesh.vertices, mesh.faces)
     assert (np.einsum("ij,ij->i", fn, nrm[mesh.faces[:, 0]]) > 0).mean() > 0.95
     # texture: one view left out, then rendered there and compared with its photograph
-    assert run_script(gen_tex, common[:4] + ["--split", "eval", "--tex_uv_size", "128", "--tex_exclude_views", "1"], monkeypatch) == 0
+    assert run_script(gen_tex, common[:2] + ["--split", "eval", "--tex_uv_size", "128", "--tex_exclude_views", "1"], monkeypatch) == 0
     assert folder.texture(fid).is_file()
     mtl = folder.textured_mesh(fid).with_suffix(".mtl")
     assert f"map_Kd {folder.texture(fid).name}" in mtl.read_text()
