@@ -21,10 +21,10 @@ import time
 
 import numpy as np
 
-from mvfr.atomic_io import save_json, save_npy
+from mvfr.atomic_io import save_npy, update_json
 from mvfr.base_maps import base_maps, ground_truth_maps
 from mvfr.capture import load_capture
-from mvfr.datafolder import DataFolder, RawFolder, parse_face_id, read_json
+from mvfr.datafolder import DataFolder, RawFolder, parse_face_id
 from mvfr.fitting import mm_per_unit_from_fit, reconstruct_base_mesh
 from mvfr.mesh_io import read_mesh, write_obj
 from mvfr.runtime import start_stage
@@ -41,14 +41,17 @@ SCALE_WARN_FRACTION = 0.3  # warn when a given scale and the base-model fit's es
 
 
 def record_estimated_scale(folder: DataFolder, fid: str, mm_per_unit: float) -> None:
-    """Write an estimated scale into DATA's Rt_scale_dict.json (merged), noted under ``"estimated"``."""
+    """Write an estimated scale into DATA's Rt_scale_dict.json (merged, under a lock: torchrun ranks each
+    add theirs), noted under ``"estimated"``."""
     pid, eid = parse_face_id(fid)
-    path = folder.rt_scale_json
-    d = read_json(path, "Rt_scale_dict.json") if path.is_file() else {}
-    d.setdefault(str(pid), {})[str(eid)] = [float(mm_per_unit), np.eye(3, 4).tolist()]
-    d.setdefault("estimated", {})[fid] = ("mm per unit estimated by gen_maps.py from the base-model fit "
-                                          "(average face size, about +-10 %), not calibrated")
-    save_json(path, d)
+
+    def add(d: dict) -> dict:
+        d.setdefault(str(pid), {})[str(eid)] = [float(mm_per_unit), np.eye(3, 4).tolist()]
+        d.setdefault("estimated", {})[fid] = ("mm per unit estimated by gen_maps.py from the base-model fit "
+                                              "(average face size, about +-10 %), not calibrated")
+        return d
+
+    update_json(folder.rt_scale_json, add, "Rt_scale_dict.json")
 
 
 class MapMaker:

@@ -2,6 +2,7 @@
 
     python make_report.py --dataroot DATA --facescape_dataroot RAW --split eval
 
+A face's figures are drawn once and again only when one of its inputs is newer (or with --overwrite).
 Input views with detected landmarks, the stages' surfaces side by side, per-stage error heat maps
 (when the ground-truth scans exist), the metrics table (run evaluate.py first) and loss curves.
 """
@@ -19,7 +20,8 @@ def main(argv=None) -> int:
     opt = parse_options("make_report", argv)
     folder, raw = DataFolder(opt.dataroot), RawFolder(opt.facescape_dataroot)
     start_stage(opt)
-    path = write_report(folder, raw, select_face_ids(folder, opt, sharded=False), max_faces=opt.report_faces)
+    path = write_report(folder, raw, select_face_ids(folder, opt, sharded=False), max_faces=opt.report_faces,
+                        overwrite=opt.overwrite)
     print(f"report: {path}")
     return 0
 

@@ -369,7 +369,7 @@ STAGES: dict[str, tuple[str, Groups]] = {
     "evaluate": ("Per-stage metrics in mm against the ground-truth scans.", [
         (add_common_options, only(*RUN, *FACES, "facescape_dataroot")), (add_evaluate_options, every)]),
     "make_report": ("Write the visual report eval/report/index.html.", [
-        (add_common_options, only(*RUN, "split", "ids", "facescape_dataroot")), (add_report_options, every)]),
+        (add_common_options, only(*RUN, *FACES, "facescape_dataroot")), (add_report_options, every)]),
     "dpmap_train": ("Train the texture -> mesoscopic displacement network.", [
         (add_common_options, only(*RUN, "split", "ids", "facescape_dataroot", "device")),
         (add_dpmap_options, all_but(*(set(DP_MAIN) | set(DP_TO_MESH)) - {"dp_target"}))]),

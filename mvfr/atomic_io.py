@@ -175,6 +175,36 @@ def save_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
             f.write("\n")
 
 
+@contextlib.contextmanager
+def locked(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock for ``path`` (``fcntl.flock`` on ``.<name>.lock`` beside it) while the block
+    runs: a read-modify-write of a file that several processes update (torchrun ranks) loses no update."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def update_json(path: str | os.PathLike, update, what: str = "JSON file") -> Any:
+    """Read ``path`` (``{}`` when missing), apply ``update(obj) -> obj`` and write the result atomically,
+    under :func:`locked`; returns what was written."""
+    path = Path(path)
+    with locked(path):
+        try:
+            obj = json.loads(path.read_text()) if path.is_file() else {}
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{what} {path} is not valid JSON ({exc}); fix or delete it") from None
+        obj = update(obj)
+        save_json(path, obj)
+    return obj
+
+
 def save_text(path: str | os.PathLike, text: str) -> None:
     """Write a text file atomically."""
     with atomic_path(path) as tmp:

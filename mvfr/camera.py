@@ -361,17 +361,3 @@ def undistort_image(image: np.ndarray, cam: Camera) -> tuple[np.ndarray, Camera]
         map_x = (map_x + skew * (map_y.astype(np.float64) - cam.K[1, 2]) / cam.K[1, 1]).astype(np.float32)
     out = cv2.remap(image, map_x, map_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return out, out_cam
-
-
-def distort_points(pix_undistorted: np.ndarray, cam: Camera, K_undistorted: np.ndarray | None = None) -> np.ndarray:
-    """Where pixels ``[N, 2]`` of the undistorted image land in the distorted image of ``cam``.
-
-    ``K_undistorted``: the undistorted image's K (default :func:`undistorted_K`, i.e. what
-    :func:`undistort_image` writes). The distorted pixel is ``K distort(K_undistorted^-1 p)`` with the
-    camera's full K, skew included.
-    """
-    Ku = undistorted_K(cam) if K_undistorted is None else np.asarray(K_undistorted, dtype=np.float64)
-    pix = np.asarray(pix_undistorted, dtype=np.float64).reshape(-1, 2)
-    h = np.concatenate([pix, np.ones((len(pix), 1))], 1) @ np.linalg.inv(Ku).T
-    d = distort_normalized(h[:, :2] / h[:, 2:], cam.dist)
-    return np.concatenate([d, np.ones((len(d), 1))], 1) @ np.asarray(cam.K, dtype=np.float64)[:2].T

@@ -14,7 +14,10 @@ Facial region of the scan (the first that exists):
    :data:`REGION_MAX_DIST_MM` and facing the same way within 60 deg, :data:`REGION_MIN_COS`).
 
 Per-vertex regions become per-face ones by majority (:func:`mvfr.metrics.region_faces_from_vertices`).
-Never a predicted surface or the base mesh, never the scan's own uvs. The scan is re-wound so that
+Never the scan's own uvs, and never the IF, reg or meso surface. The fallback's reference surface is
+the same landmark fit as stage 1's base fit (from the landmark file alone, without the visibility
+iteration of :func:`mvfr.fitting.reconstruct_base_mesh`), so with a computed region the base stage is
+scored inside a region drawn around (nearly) its own surface; RAW/region or ``--scan_region`` avoid that. The scan is re-wound so that
 the cameras of the capture see its front sides (:func:`mvfr.metrics.orient_towards_cameras`): a
 flipped or inconsistently wound scan scores like the correct one.
 """

@@ -17,8 +17,9 @@ face?" directly. It comes from (see :mod:`mvfr.evaluation` for the order):
   (a majority, so the region's area matches the vertex set's on both sides of its border);
 - or, without one, a surface fitted to the triangulated landmarks alone (the template deformed to
   them, template uvs): :func:`facial_region_from_surface` keeps the scan faces whose centroid lies
-  near that surface and whose closest point on it falls inside the template's facial mask. Never a
-  predicted surface, never the scan's own uvs (a scan's uvs belong to its own layout).
+  near that surface and whose closest point on it falls inside the template's facial mask. Never the
+  IF, reg or meso surface (it is stage 1's landmark fit, so the base stage is scored in a region drawn
+  around nearly its own surface), never the scan's own uvs (a scan's uvs belong to its own layout).
 
 A scan whose faces are wound inwards, wholly or in patches, would read about 180 degrees of normal
 error: :func:`orient_towards_cameras` first makes every consistently wound patch face the cameras.

@@ -11,13 +11,14 @@ the others). Everything of a face is read and checked before anything is written
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
 
-from mvfr.atomic_io import load_image, save_image, save_text
+from mvfr.atomic_io import load_image, save_image, save_text, update_json
 from mvfr.camera import Camera, CameraError, read_params, scale_camera, undistort_image, write_params
-from mvfr.datafolder import DataError, DataFolder, RawFolder
+from mvfr.datafolder import DataError, DataFolder, RawFolder, parse_face_id, read_json
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +85,29 @@ def preprocess_face(raw: RawFolder, data: DataFolder, fid: str, long_side: int =
 
 
 def copy_metadata(raw: RawFolder, data: DataFolder) -> None:
-    """Copy ``select_dict.json``, ``id.json`` and ``Rt_scale_dict.json`` (when present) from RAW to DATA_FOLDER."""
-    for src, dst in ((raw.select_dict_json, data.select_dict_json), (raw.id_json, data.id_json), (raw.rt_scale_json, data.rt_scale_json)):
-        if src.is_file():
-            save_text(dst, src.read_text())
-        elif src is not raw.rt_scale_json:
+    """Copy ``select_dict.json`` and ``id.json`` from RAW to DATA_FOLDER, and merge RAW's ``Rt_scale_dict.json``
+    (when present) into DATA's (:func:`merged_scales`: the scales gen_maps.py estimated are kept)."""
+    for src, dst in ((raw.select_dict_json, data.select_dict_json), (raw.id_json, data.id_json)):
+        if not src.is_file():
             raise DataError(f"{src} does not exist; the RAW folder needs select_dict.json and id.json")
+        save_text(dst, src.read_text())
+    if raw.rt_scale_json.is_file():
+        given = read_json(raw.rt_scale_json, "Rt_scale_dict.json")
+        update_json(data.rt_scale_json, lambda recorded: merged_scales(given, recorded), "Rt_scale_dict.json")
+
+
+def merged_scales(given: dict, recorded: dict) -> dict:
+    """RAW's ``Rt_scale_dict`` (``given``) plus the scales gen_maps.py estimated into DATA's (``recorded``, listed
+    under ``"estimated"``) for faces RAW has no scale for; a face RAW has a scale for takes RAW's."""
+    out = json.loads(json.dumps(given))
+    for fid, note in recorded.get("estimated", {}).items():
+        pid, eid = (str(x) for x in parse_face_id(fid))
+        entry = recorded.get(pid, {}).get(eid)
+        if entry is None or eid in given.get(pid, {}):
+            continue
+        out.setdefault(pid, {})[eid] = entry
+        out.setdefault("estimated", {})[fid] = note
+    return out
 
 
 def all_face_ids(raw: RawFolder) -> list[str]:

@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from mvfr.atomic_io import load_npy
 from mvfr.mvs.geometry import half_range, step_offsets
 
-DEFAULT_CROP = 32  # training patch side, in texels
 DEFAULT_TILE = 64  # inference tile side (interior), in texels
 DEFAULT_OVERLAP = 16  # inference tile margin on each side, in texels (raised to the receptive radius)
 
@@ -290,13 +289,6 @@ def close_openings(pos_map: np.ndarray, mask: np.ndarray, openings: np.ndarray) 
     rhs = -(L[unknown][:, known] @ out[mask][known])
     out[hole] = spla.splu(L[unknown][:, unknown].tocsc()).solve(rhs)
     return out.astype(np.float32)
-
-
-def steps_error_mm(pred_steps: np.ndarray, target_steps: np.ndarray, valid: np.ndarray, interval_scale_mm: float) -> float:
-    """Mean absolute displacement error on valid texels, in mm (a quick training/validation figure)."""
-    if not valid.any():
-        return float("nan")
-    return float(np.abs(pred_steps[valid] - target_steps[valid]).mean() * interval_scale_mm)
 
 
 # ------------------------------------------------------------------------------ synthetic volumes

@@ -8,6 +8,7 @@ Pictures are rendered offscreen with :mod:`mvfr.render` (moderngl, EGL).
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import logging
@@ -17,13 +18,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mvfr.atomic_io import load_image, save_image, save_text
+from mvfr.atomic_io import load_image, save_image, save_json, save_text
 from mvfr.camera import scale_camera
 from mvfr.capture import load_capture
 from mvfr.datafolder import DataFolder, RawFolder
 from mvfr.evaluation import stage_outputs
 from mvfr.mesh_io import read_mesh, vertex_normals
-from mvfr.metrics import METRIC_KEYS, STAGE_ORDER, point_to_mesh
+from mvfr.metrics import METRIC_KEYS, STAGE_ORDER, ScanIndex
 from mvfr.render import Lighting, Renderer, RenderMesh
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,9 @@ def heat_colors(values_mm: np.ndarray, vmax: float = HEAT_MAX_MM) -> np.ndarray:
     return rgb**2.2  # the renderer shades in linear space and encodes with gamma 2.2
 
 
-def render_mesh(vertices, faces, K, Rt, width, height, colors=None) -> np.ndarray:
-    """Shaded picture of a mesh, uint8 [H, W, 3] on white; ``colors`` linear RGB per vertex (grey without)."""
+def render_mesh(vertices, faces, K, Rt, width, height, colors=None, renderer: Renderer | None = None) -> np.ndarray:
+    """Shaded picture of a mesh, uint8 [H, W, 3] on white; ``colors`` linear RGB per vertex (grey without).
+    ``renderer``: one to draw with (kept), else one is made for this picture and released."""
     vertices = np.asarray(vertices, dtype=np.float64)
     faces = np.asarray(faces)
     if colors is None:
@@ -58,12 +60,13 @@ def render_mesh(vertices, faces, K, Rt, width, height, colors=None) -> np.ndarra
         ambient=(0.2, 0.2, 0.2),
         spec_strength=0.05,
     )
-    r = Renderer()
+    r = Renderer() if renderer is None else renderer
     try:
         r.set_mesh(RenderMesh(vertices, faces, vertex_normals(vertices, faces), colors=colors))
         rgb, alpha = r.render(K, Rt, width, height, light)
     finally:
-        r.release()
+        if renderer is None:
+            r.release()
     out = rgb + (1 - alpha[..., None])
     return np.clip(out * 255 + 0.5, 0, 255).astype(np.uint8)
 
@@ -131,7 +134,8 @@ def landmark_figure(folder: DataFolder, fid: str, max_views: int = 3, long_side:
 
 
 def surface_figures(folder: DataFolder, raw: RawFolder, fid: str, size: int = 900) -> tuple[np.ndarray, np.ndarray] | None:
-    """(shaded surfaces, error heat maps) of every stage with an output, from the first view's camera."""
+    """(shaded surfaces, error heat maps) of every stage with an output, from the first view's camera. The scan
+    is read and its closest-point tree built once for every stage; one renderer draws every picture."""
     outputs = {s: p for s, p in stage_outputs(folder, fid).items() if p.is_file()}
     if not outputs:
         return None
@@ -140,16 +144,22 @@ def surface_figures(folder: DataFolder, raw: RawFolder, fid: str, size: int = 90
     s = size / max(cam.width, cam.height)
     cam = scale_camera(cam, round(cam.width * s), round(cam.height * s))
     gt = read_mesh(raw.scan(fid)) if raw.scan(fid).is_file() else None
+    scan = None if gt is None else ScanIndex(gt.vertices, gt.faces)
     shaded, heat, titles = [], [], []
-    for stage in STAGE_ORDER:
-        if stage not in outputs:
-            continue
-        mesh = read_mesh(outputs[stage])
-        shaded.append(render_mesh(mesh.vertices, mesh.faces, cam.K, cam.Rt, cam.width, cam.height))
-        if gt is not None:
-            dist, _, _ = point_to_mesh(mesh.vertices, gt.vertices, gt.faces)
-            heat.append(render_mesh(mesh.vertices, mesh.faces, cam.K, cam.Rt, cam.width, cam.height, heat_colors(dist * cap.mm_per_unit)))
-        titles.append(STAGE_TITLES[stage])
+    renderer = Renderer()
+    try:
+        for stage in STAGE_ORDER:
+            if stage not in outputs:
+                continue
+            mesh = read_mesh(outputs[stage])
+            draw = functools.partial(render_mesh, mesh.vertices, mesh.faces, cam.K, cam.Rt, cam.width, cam.height,
+                                     renderer=renderer)
+            shaded.append(draw())
+            if scan is not None:
+                heat.append(draw(heat_colors(scan.closest(mesh.vertices)[0] * cap.mm_per_unit)))
+            titles.append(STAGE_TITLES[stage])
+    finally:
+        renderer.release()
     shaded = crop_to_content(shaded)
     row1 = hstack([label(im, t) for im, t in zip(shaded, titles)])
     row2 = hstack([label(im, t + " error") for im, t in zip(crop_to_content(heat), titles)]) if heat else None
@@ -196,8 +206,57 @@ img { max-width: 100%; border: 1px solid #eee; margin: 4px 0; }
 """
 
 
-def write_report(folder: DataFolder, raw: RawFolder, face_ids: list[str], max_faces: int = 4) -> Path:
-    """Write ``eval/report/index.html`` and its PNGs; returns the HTML path."""
+FIGURE_NOTES = {
+    "landmarks": "Input views and detected landmarks",
+    "confidence": "Confidence in UV (peak score minus the best rival beyond 3 sigma; 0 = the base surface is kept; "
+                  "reg: smoothed over a few texels)",
+    "surfaces": "Surfaces, same viewpoint",
+    "errors": "Distance of each vertex to the scan",
+}
+
+
+def figure_inputs(folder: DataFolder, raw: RawFolder, fid: str) -> list[Path]:
+    """The files a face's figures are drawn from (those that exist)."""
+    paths = [*stage_outputs(folder, fid).values(), raw.scan(fid), folder.landmarks(fid), folder.params(fid),
+             folder.conf_map("if", fid), folder.conf_map("reg", fid)]
+    return [p for p in paths if p.is_file()]
+
+
+def draw_figures(folder: DataFolder, raw: RawFolder, fid: str, out: Path) -> list[str]:
+    """Write the face's PNGs into ``out``; returns the names of the figures written (keys of :data:`FIGURE_NOTES`)."""
+    figures = {"landmarks": landmark_figure(folder, fid), "confidence": confidence_figure(folder, fid)}
+    surfaces = surface_figures(folder, raw, fid)
+    if surfaces is not None:
+        figures["surfaces"], figures["errors"] = surfaces
+    written = []
+    for name, image in figures.items():
+        if image is not None:
+            save_image(out / f"{fid}_{name}.png", image)
+            written.append(name)
+    return written
+
+
+def face_section(folder: DataFolder, raw: RawFolder, fid: str, overwrite: bool = False) -> str:
+    """The HTML of one face; its figures are drawn once (``eval/report/PPP_EE_figures.json`` lists them)
+    and drawn again only when an input is newer, or with ``overwrite``."""
+    out = folder.report_dir
+    stamp = out / f"{fid}_figures.json"
+    names = json.loads(stamp.read_text()).get("figures", []) if stamp.is_file() and not overwrite else None
+    current = names is not None and all((out / f"{fid}_{n}.png").is_file() for n in names) and all(
+        p.stat().st_mtime_ns < stamp.stat().st_mtime_ns for p in figure_inputs(folder, raw, fid))
+    if not current:
+        names = draw_figures(folder, raw, fid, out)
+    if not current:
+        save_json(stamp, {"figures": names})
+    html_parts = [f'<p>{FIGURE_NOTES[n]}</p><img src="{fid}_{n}.png">' for n in names]
+    if "errors" in names:
+        html_parts.append('<br><img src="colorbar.png">')
+    return "".join(html_parts)
+
+
+def write_report(folder: DataFolder, raw: RawFolder, face_ids: list[str], max_faces: int = 4, overwrite: bool = False) -> Path:
+    """Write ``eval/report/index.html`` and its PNGs; returns the HTML path. A face's figures are drawn once
+    (:func:`face_section`); ``overwrite`` draws them again."""
     out = folder.report_dir
     out.mkdir(parents=True, exist_ok=True)
     parts = [f"<h1>mvfr report: {html.escape(str(folder.root))}</h1>"]
@@ -208,23 +267,7 @@ def write_report(folder: DataFolder, raw: RawFolder, face_ids: list[str], max_fa
                      "completeness = scan to prediction, chamfer = their mean (DESIGN §6).</p>")
     colorbar_png(out / "colorbar.png")
     for fid in face_ids[:max_faces]:
-        parts.append(f"<h2>Face {fid}</h2>")
-        lm = landmark_figure(folder, fid)
-        if lm is not None:
-            save_image(out / f"{fid}_landmarks.png", lm)
-            parts.append(f'<p>Input views and detected landmarks</p><img src="{fid}_landmarks.png">')
-        conf = confidence_figure(folder, fid)
-        if conf is not None:
-            save_image(out / f"{fid}_confidence.png", conf)
-            parts.append(f'<p>Confidence in UV (peak score minus the best rival beyond 3 sigma; 0 = the base surface '
-                         f'is kept; reg: smoothed over a few texels)</p><img src="{fid}_confidence.png">')
-        figs = surface_figures(folder, raw, fid)
-        if figs is not None:
-            save_image(out / f"{fid}_surfaces.png", figs[0])
-            parts.append(f'<p>Surfaces, same viewpoint</p><img src="{fid}_surfaces.png">')
-            if figs[1] is not None:
-                save_image(out / f"{fid}_errors.png", figs[1])
-                parts.append(f'<p>Distance of each vertex to the scan</p><img src="{fid}_errors.png"><br><img src="colorbar.png">')
+        parts.append(f"<h2>Face {fid}</h2>" + face_section(folder, raw, fid, overwrite))
     curves = sorted(folder.root.glob("logs/*/*.png"))
     if curves:
         parts.append("<h2>Training curves</h2>")

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from mvfr.camera import Camera, distort_points, read_params, undistort_image, undistorted_K
+from mvfr.camera import Camera, distort_normalized, read_params, undistort_image, undistorted_K
 from mvfr.datafolder import RawFolder
 from mvfr.importers import (CaptureImportError, ImportedCamera, colmap, match_images, resolve_image,
                             rotation_to_quaternion, unique_view_names)
@@ -236,6 +236,20 @@ def by_hand(cam, xn: np.ndarray) -> np.ndarray:
     yd = y * rad + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
     (fx, s, cx), (_, fy, cy) = cam.K[0], cam.K[1]
     return np.stack([fx * xd + s * yd + cx, fy * yd + cy], 1)
+
+
+def distort_points(pix_undistorted: np.ndarray, cam: Camera, K_undistorted: np.ndarray | None = None) -> np.ndarray:
+    """Where pixels ``[N, 2]`` of the undistorted image land in the distorted image of ``cam``.
+
+    ``K_undistorted``: the undistorted image's K (default :func:`undistorted_K`, i.e. what
+    :func:`undistort_image` writes). The distorted pixel is ``K distort(K_undistorted^-1 p)`` with the
+    camera's full K, skew included.
+    """
+    Ku = undistorted_K(cam) if K_undistorted is None else np.asarray(K_undistorted, dtype=np.float64)
+    pix = np.asarray(pix_undistorted, dtype=np.float64).reshape(-1, 2)
+    h = np.concatenate([pix, np.ones((len(pix), 1))], 1) @ np.linalg.inv(Ku).T
+    d = distort_normalized(h[:, :2] / h[:, 2:], cam.dist)
+    return np.concatenate([d, np.ones((len(d), 1))], 1) @ np.asarray(cam.K, dtype=np.float64)[:2].T
 
 
 def test_skew_is_carried_through_undistortion_and_point_distortion():

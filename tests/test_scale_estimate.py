@@ -66,3 +66,41 @@ def test_given_scale_is_kept_and_a_disagreeing_one_warned(processed, caplog):
         assert run_gen_maps(raw, data) == 0
     assert data.mm_per_unit(FID) == 2.0 * true_mm  # kept, only warned
     assert any("disagrees" in r.getMessage() for r in caplog.records)
+
+
+def test_preprocessing_again_keeps_the_estimated_scales(tmp_path):
+    from mvfr.atomic_io import save_json
+    from mvfr.preprocess import copy_metadata
+
+    raw, data = RawFolder(tmp_path / "raw"), DataFolder(tmp_path / "data")
+    for folder in (raw, data):
+        save_json(folder.id_json, {"train": [], "eval": ["001_01", "002_01"]})
+        save_json(folder.select_dict_json, {"1": {"1": ["0"]}, "2": {"1": ["0"]}})
+    eye = np.eye(3, 4).tolist()
+    save_json(raw.rt_scale_json, {"1": {"1": [0.5, eye]}})  # 002_01 has no calibrated scale
+    save_json(data.rt_scale_json, {"1": {"1": [0.7, eye]}, "2": {"1": [0.9, eye]},
+                                   "estimated": {"001_01": "estimated", "002_01": "estimated"}})
+    copy_metadata(raw, data)
+    d = json.loads(data.rt_scale_json.read_text())
+    assert data.mm_per_unit("002_01") == 0.9 and d["estimated"] == {"002_01": "estimated"}  # kept
+    assert data.mm_per_unit("001_01") == 0.5  # RAW's calibrated scale wins over an estimate
+
+
+def _record_many(args):
+    import gen_maps
+
+    root, first = args
+    folder = DataFolder(root)
+    for k in range(first, first + 100):
+        gen_maps.record_estimated_scale(folder, f"{k:03d}_01", 1.0 + k / 100)
+
+
+def test_concurrent_scale_estimates_are_all_recorded(tmp_path):
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(2) as pool:  # two gen_maps ranks writing at once
+        pool.map(_record_many, [(str(tmp_path), 1), (str(tmp_path), 201)])
+    folder = DataFolder(tmp_path)
+    ids = [f"{k:03d}_01" for k in (*range(1, 101), *range(201, 301))]
+    assert sorted(json.loads(folder.rt_scale_json.read_text())["estimated"]) == ids
+    assert [folder.mm_per_unit(fid) for fid in ids] == [1.0 + int(fid[:3]) / 100 for fid in ids]

@@ -164,9 +164,10 @@ def search_region(size: int) -> np.ndarray:
     """``[S, S]`` bool: the facial mask plus a rim of ``SEARCH_RIM_TEXELS * S / 256`` texels around its
     outer outline (the eye and mouth holes are not grown). The base mesh's UV-to-surface map is not
     the scan's, so near the outline the facial region of the scan reaches past the surface searched
-    inside the mask; the rim keeps the predicted surfaces covering the whole region. Metrics still
-    use the facial mask alone (samples of a prediction whose closest scan point lies outside the
-    region do not count)."""
+    inside the mask; the rim keeps the predicted surfaces covering the whole region. The metrics do not
+    use this UV region: they score against the scan's facial region (RAW/region, or the one computed from
+    the scan and the landmarks, :mod:`mvfr.evaluation`), and a prediction sample whose closest scan point
+    lies outside that region does not count."""
     from scipy import ndimage
 
     from mvfr.uv_rasterizer import load_facial_mask

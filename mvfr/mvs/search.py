@@ -159,6 +159,17 @@ def coarse_to_fine_argmax(
     nb = neighbours.to(device) if neighbours is not None else None
     vol = torch.full((num_texels, d_size), float("nan"), device=device)
     rows = torch.nonzero(lattice.to(device)).squeeze(1) if sparse else torch.arange(num_texels, device=device)
+    _search_levels(score_fn, vol, rows, strides, peaks)
+    if sparse:
+        _start_from_lattice(score_fn, vol, lattice.to(device), nb, window)
+    if rounds > 0:
+        _propagate(score_fn, vol, nb, rounds, radius)
+    return _best(vol), vol
+
+
+def _search_levels(score_fn: ScoreFn, vol: torch.Tensor, rows: torch.Tensor, strides: tuple[int, ...], peaks: int) -> None:
+    """The coarse-to-fine levels of :func:`coarse_to_fine_argmax` on the texels ``rows``, scored into ``vol [T, D]``."""
+    d_size, device = vol.shape[1], vol.device
     coarse = torch.unique(torch.cat([torch.arange(0, d_size, strides[0]), torch.tensor([d_size - 1])])).to(device)
     t = rows.repeat_interleave(len(coarse))
     d = coarse.repeat(len(rows))
@@ -173,30 +184,36 @@ def coarse_to_fine_argmax(
         j = j[j != 0]
         cand = (centre[:, :, None] + j[None, None, :]).reshape(len(rows), -1)  # [R, P * J]
         _score_candidates(score_fn, vol, rows, cand)
-    if sparse:
-        on = lattice.to(device)
-        off = torch.nonzero(~on).squeeze(1)
-        nbo = nb[off]
-        best = _best(vol)
-        _score_candidates(score_fn, vol, off, _around(_neighbour_best(best, nbo, (nbo >= 0) & on[nbo.clamp(min=0)], d_size), window))
-        _score_candidates(score_fn, vol, off, _around(_best(vol[off])[:, None], 1))
-    if rounds > 0:
-        has = nb >= 0
-        best = _best(vol)
-        changed = torch.ones(num_texels, dtype=torch.bool, device=device)
-        for _ in range(rounds):
-            active = torch.nonzero((changed[nb.clamp(min=0)] & has).any(1)).squeeze(1)
-            if not active.numel():
-                break
-            nba = nb[active]
-            scored = _score_candidates(score_fn, vol, active, _around(_neighbour_best(best, nba, nba >= 0, d_size), radius))
-            changed = torch.zeros_like(changed)
-            if not scored.numel():
-                break
-            new_best = _best(vol[scored])
-            changed[scored] = new_best != best[scored]
-            best[scored] = new_best
-    return _best(vol), vol
+
+
+def _start_from_lattice(score_fn: ScoreFn, vol: torch.Tensor, on: torch.Tensor, nb: torch.Tensor, window: int) -> None:
+    """Texels off the lattice (``on [T] bool`` False) score +-``window`` around each lattice neighbour's best,
+    then +-1 around their own best."""
+    off = torch.nonzero(~on).squeeze(1)
+    nbo = nb[off]
+    best = _best(vol)
+    _score_candidates(score_fn, vol, off, _around(_neighbour_best(best, nbo, (nbo >= 0) & on[nbo.clamp(min=0)], vol.shape[1]), window))
+    _score_candidates(score_fn, vol, off, _around(_best(vol[off])[:, None], 1))
+
+
+def _propagate(score_fn: ScoreFn, vol: torch.Tensor, nb: torch.Tensor, rounds: int, radius: int) -> None:
+    """``rounds`` rounds of propagation: a texel with a neighbour whose best moved in the last round scores
+    +-``radius`` around each neighbour's best."""
+    has = nb >= 0
+    best = _best(vol)
+    changed = torch.ones(vol.shape[0], dtype=torch.bool, device=vol.device)
+    for _ in range(rounds):
+        active = torch.nonzero((changed[nb.clamp(min=0)] & has).any(1)).squeeze(1)
+        if not active.numel():
+            break
+        nba = nb[active]
+        scored = _score_candidates(score_fn, vol, active, _around(_neighbour_best(best, nba, nba >= 0, vol.shape[1]), radius))
+        changed = torch.zeros_like(changed)
+        if not scored.numel():
+            break
+        new_best = _best(vol[scored])
+        changed[scored] = new_best != best[scored]
+        best[scored] = new_best
 
 
 def fill_unscored(

@@ -41,7 +41,6 @@ EXPRESSION_MAP: dict[str, dict[str, float]] = {
     "brow_lower": {"browDown_LR": 1.0, "eyeSquint_LR": 0.3, "noseSneer_LR": 0.2},
 }
 OPEN_MOUTH = ("mouth_stretch", "jaw_left", "jaw_right", "jaw_forward", "grin")
-CLOSED_EYES = ("eye_closed",)
 
 
 def expand_sides(combo: dict[str, float]) -> dict[str, float]:

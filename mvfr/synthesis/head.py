@@ -30,7 +30,7 @@ SOLID_PARTS = ("eyeball_left", "eyeball_right", "teeth", "gums_tongue")  # in th
 # The ICT eyeball has two layers: an outer shell with the corneal bulge (the first vertices of each
 # eyeball part) and the inner eyeball whose front carries the iris (``ict.IRIS_VERTICES``). Only the
 # inner one is used (rendered with sclera, iris and pupil, and in the scan), as if the cornea were clear.
-LASH_PARTS = ("eyelashes_left", "eyelashes_right")  # not rendered: opaque strips read as black bands, not lashes
+# The eyelash parts are not rendered: opaque strips read as black bands, not lashes.
 SCAN_LEVEL = 3
 RENDER_LEVEL = 2
 SOLID_LEVEL = 1

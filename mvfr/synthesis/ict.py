@@ -48,7 +48,6 @@ PART_FACES = {
 }
 PART_NAMES = tuple(PART_FACES)
 IRIS_VERTICES = {"left": (22221, 23020), "right": (23791, 24590)}  # the rest of each eyeball is sclera
-NARROW_FACE_VERTICES = (0, 6705)
 
 
 @dataclasses.dataclass(frozen=True)

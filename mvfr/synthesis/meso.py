@@ -67,6 +67,7 @@ FAMILIES: dict[str, dict[str, float]] = {
     "chin": {"mouthShrugLower": 1.0, "mouthPucker": 0.4},
 }
 FAMILY_NAMES = tuple(FAMILIES)
+_FAMILY = {n: i for i, n in enumerate(FAMILY_NAMES)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -436,13 +437,35 @@ def _bezier(p0, p1, p2, n=40):
     return (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2
 
 
+_UP = np.array([0.0, 1.0, 0.0])
+
+
+@dataclasses.dataclass
+class _RegionFields:
+    """Where one identity's face parts lie on the layout grid: weights in [0, 1] per texel (flattened
+    ``[S * S]``, from 3D distances to its landmarks) and landmark features (mm, head frame)."""
+
+    P: np.ndarray  # [S * S, 3] surface position of each texel
+    w_nose: np.ndarray
+    w_cheek: np.ndarray
+    w_lid: np.ndarray
+    w_fore: np.ndarray
+    w_lip: np.ndarray
+    w_neck: np.ndarray
+    ear: np.ndarray  # bool
+    facial: np.ndarray  # bool: inside the jaw outline closed over the forehead
+    brow_y: float
+    chin: np.ndarray  # [3]
+    mouth_c: np.ndarray  # [3]
+
+
 def sample_layout(model, identity_vertices: np.ndarray, rng: np.random.Generator, age: float) -> DetailLayout:
     """One identity's random detail layout.
 
     ``identity_vertices [V, 3]`` mm: the identity's neutral head (``model.head(identity_w)``), head frame.
-    ``age`` in [0, 1] (0: young, faint lines; 1: old, deep wrinkles and many fine lines)."""
-    import cv2
-
+    ``age`` in [0, 1] (0: young, faint lines; 1: old, deep wrinkles and many fine lines). The static
+    detail (pores, fine lines), then each wrinkle family, then the skin relief are drawn in this order
+    from ``rng``."""
     V = np.asarray(identity_vertices, dtype=np.float64)
     if V.shape != (model.num_vertices, 3):
         raise ValueError(f"identity_vertices must be [{model.num_vertices}, 3] mm, got {V.shape}")
@@ -452,12 +475,34 @@ def sample_layout(model, identity_vertices: np.ndarray, rng: np.random.Generator
     surf = _Surface(model, V)
     S = LAYOUT_SIZE
     lm = V[model.landmarks68]
-    fam = {n: i for i, n in enumerate(FAMILY_NAMES)}
     A = 0.7 + 0.3 * age  # expression wrinkle depth scale with age (the neutral residual grows faster)
     b = _Builder(surf)
+    f = _region_fields(model, surf, lm)
+    _add_pores(b, rng, surf, f, age)
+    _add_fine_lines(b, rng, surf, f, lm, age)
+    _add_forehead(b, rng, surf, lm, A)
+    _add_glabella(b, rng, lm, A)
+    _add_crows_feet(b, rng, lm, A)
+    _add_under_eye(b, rng, lm, A)
+    _add_nasolabial(b, rng, lm, A, age)
+    _add_lip_creases(b, rng, surf, lm, f.mouth_c, age)
+    _add_neck_lines(b, rng, surf, f.chin, A)
+    _add_chin(b, rng, surf, lm, f.chin, A)
+    uv, sig, dep, ds, fam_a, side = b.arrays()
+    residual = _residual_depths(rng, age)
+    grid = lambda w: w.reshape(S, S)  # noqa: E731
+    relief = _skin_relief(rng, surf, age, w_lip=grid(f.w_lip), w_lid=grid(f.w_lid), w_nose=grid(f.w_nose),
+                          w_fore=grid(f.w_fore), facial=grid(f.facial))
+    fade, regions = _fade_and_regions(surf, f)
+    return DetailLayout(uv=uv, sigma_uv=sig, depth_mm=dep, ds_uv=ds, family=fam_a, side=side, residual=residual,
+                        fade=fade, regions=regions, age=age, relief=relief)
 
-    # ---- region fields on the layout grid (3D distances to the identity's landmarks)
-    cov = surf.cov.reshape(-1)
+
+def _region_fields(model, surf: _Surface, lm: np.ndarray) -> _RegionFields:
+    """The :class:`_RegionFields` of the identity whose 68 landmarks are ``lm [68, 3]`` mm."""
+    import cv2
+
+    S = LAYOUT_SIZE
     P = surf.pos.reshape(-1, 3).astype(np.float64)
     # distances to landmark features, on a half-resolution grid (the weights are smooth over mm)
     half = cv2.resize(surf.pos, (S // 2, S // 2), interpolation=cv2.INTER_AREA).reshape(-1, 3)
@@ -470,31 +515,42 @@ def sample_layout(model, identity_vertices: np.ndarray, rng: np.random.Generator
     cheek_c = [0.5 * (lm[2] + lm[31]) + [0, 8, 0], 0.5 * (lm[14] + lm[35]) + [0, 8, 0]]
     cheek = full(np.min([np.linalg.norm(half - c, axis=1) for c in cheek_c], axis=0))
     eye_d = full(np.min([_polyline_dist(half, lm[list(r) + [r[0]]].astype(np.float32)) for r in (range(36, 42), range(42, 48))], axis=0))
-    mouth_c = lm[48:60].mean(0)
     brow_y = lm[17:27, 1].max()
     chin = lm[8]
-    w_nose = np.exp(-((nose / 9.0) ** 2))
-    w_cheek = np.exp(-((cheek / 22.0) ** 2))
-    w_lid = np.exp(-((eye_d / 5.0) ** 2))
-    w_fore = _smoothstep((P[:, 1] - brow_y + 2.0) / 8.0)
     lips_uv = surf.vertex_uv[model.landmarks68[48:60]]
     lips_px = uv_to_texel(model.uv[lips_uv], S)
     lips = np.zeros((S, S), np.uint8)
     cv2.fillPoly(lips, [np.round(lips_px * 16).astype(np.int32)], 1, shift=4)
-    w_lip = cv2.GaussianBlur(lips.astype(np.float32), (0, 0), 2.0).reshape(-1)
-    w_neck = _smoothstep((chin[1] - 6.0 - P[:, 1]) / 10.0)
-    ear = np.abs(P[:, 0]) > np.abs(lm[[0, 16], 0]).mean() + 2.0
     # facial area: inside the jaw outline (landmarks 0-16) closed over the forehead, 40 mm above the brows
     top, _ = surf.to_uv(lm[26:16:-1] + [0.0, 40.0, -8.0])
     outline = np.concatenate([model.uv[surf.vertex_uv[model.landmarks68[:17]]], top])
     facial = np.zeros((S, S), np.uint8)
     cv2.fillPoly(facial, [np.round(uv_to_texel(outline, S) * 16).astype(np.int32)], 1, shift=4)
-    facial = cov & facial.reshape(-1).astype(bool)
+    return _RegionFields(
+        P=P,
+        w_nose=np.exp(-((nose / 9.0) ** 2)),
+        w_cheek=np.exp(-((cheek / 22.0) ** 2)),
+        w_lid=np.exp(-((eye_d / 5.0) ** 2)),
+        w_fore=_smoothstep((P[:, 1] - brow_y + 2.0) / 8.0),
+        w_lip=cv2.GaussianBlur(lips.astype(np.float32), (0, 0), 2.0).reshape(-1),
+        w_neck=_smoothstep((chin[1] - 6.0 - P[:, 1]) / 10.0),
+        ear=np.abs(P[:, 0]) > np.abs(lm[[0, 16], 0]).mean() + 2.0,
+        facial=surf.cov.reshape(-1) & facial.reshape(-1).astype(bool),
+        brow_y=brow_y,
+        chin=chin,
+        mouth_c=lm[48:60].mean(0),
+    )
 
-    # pores: density (per mm^2) and size by region
-    dens = 0.55 + 3.0 * w_nose + 1.2 * w_cheek * (1 - w_nose) + 0.35 * w_fore
-    dens = dens * (1 - 0.95 * np.maximum(w_lip, w_lid)) * np.where(ear, 0.3, 1) * (1 - 0.5 * w_neck)
-    size_gain = (0.75 + 0.6 * w_nose + 0.3 * w_cheek * (1 - w_nose) - 0.25 * w_fore) * (1 - 0.4 * w_lid)
+
+def _add_pores(b: _Builder, rng: np.random.Generator, surf: _Surface, f: _RegionFields, age: float) -> None:
+    """Pores: density (per mm^2) and size by region, sizes alike within a patch."""
+    import cv2
+
+    S = LAYOUT_SIZE
+    cov = surf.cov.reshape(-1)
+    dens = 0.55 + 3.0 * f.w_nose + 1.2 * f.w_cheek * (1 - f.w_nose) + 0.35 * f.w_fore
+    dens = dens * (1 - 0.95 * np.maximum(f.w_lip, f.w_lid)) * np.where(f.ear, 0.3, 1) * (1 - 0.5 * f.w_neck)
+    size_gain = (0.75 + 0.6 * f.w_nose + 0.3 * f.w_cheek * (1 - f.w_nose) - 0.25 * f.w_fore) * (1 - 0.4 * f.w_lid)
     dens = np.where(cov, dens, 0).reshape(S, S)
     size_gain = size_gain.reshape(S, S)
     area = surf.mm_per_uv ** 2 / S**2  # mm^2 per layout texel
@@ -513,9 +569,15 @@ def sample_layout(model, identity_vertices: np.ndarray, rng: np.random.Generator
     depth = -np.clip(diam * rng.uniform(0.35, 0.55, len(uv)) * (0.9 + 0.3 * age), 0.02, 0.08)
     b.pores(uv, diam / 2.5, depth)
 
-    # fine lines: short random creases, more and deeper with age
+
+def _add_fine_lines(b: _Builder, rng: np.random.Generator, surf: _Surface, f: _RegionFields, lm: np.ndarray, age: float) -> None:
+    """Fine lines: short random creases, more and deeper with age; radial around the outer eye corners,
+    horizontal on forehead and neck."""
+    S = LAYOUT_SIZE
+    cov = surf.cov.reshape(-1)
+    area = surf.mm_per_uv ** 2 / S**2
     n_fine = int((4000 + 4500 * age) * rng.uniform(0.85, 1.15))
-    fdens = np.where(cov, (1 + 1.5 * w_fore + 0.8 * w_lid + 0.6 * w_cheek) * (1 - 0.7 * w_lip), 0).reshape(S, S)
+    fdens = np.where(cov, (1 + 1.5 * f.w_fore + 0.8 * f.w_lid + 0.6 * f.w_cheek) * (1 - 0.7 * f.w_lip), 0).reshape(S, S)
     fdens = fdens * area
     pidx = rng.choice(S * S, size=n_fine, p=(fdens / fdens.sum()).ravel())
     fi, fj = np.divmod(pidx, S)
@@ -526,7 +588,6 @@ def sample_layout(model, identity_vertices: np.ndarray, rng: np.random.Generator
     nrm = np.cross(Jc[:, :, 0], Jc[:, :, 1])
     nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-9)
     ev = np.cross(nrm, eu)
-    # preferred direction: radial around the outer eye corners, horizontal on forehead and neck
     theta = rng.uniform(-np.pi, np.pi, n_fine)
     pref = rng.random(n_fine) < 0.6
     rad = []
@@ -545,13 +606,12 @@ def sample_layout(model, identity_vertices: np.ndarray, rng: np.random.Generator
     t = np.linspace(-0.5, 0.5, 5)[None, :, None]
     pts = t * length[:, None, None] * dir3[:, None] + (1 - 4 * t**2) * bend[:, None, None] * perp3[:, None]
     duv = surf.tangent_step(np.repeat(cuv, 5, 0), pts.reshape(-1, 3)).reshape(n_fine, 5, 2)
-    b.curves(cuv[:, None] + duv, f_sigma, f_depth, fam["static"], taper=0.4)
+    b.curves(cuv[:, None] + duv, f_sigma, f_depth, _FAMILY["static"], taper=0.4)
 
-    # ---- expression wrinkle families
-    up = np.array([0.0, 1.0, 0.0])
 
-    # forehead: 3-6 lines following the brow curve, walked up the forehead's surface from the brows,
-    # flattening towards the hairline, some broken in two
+def _add_forehead(b: _Builder, rng: np.random.Generator, surf: _Surface, lm: np.ndarray, A: float) -> None:
+    """Forehead: 3-6 lines following the brow curve, walked up the forehead's surface from the brows,
+    flattening towards the hairline, some broken in two."""
     brow = lm[17:27].copy()
     bx = np.linspace(brow[0, 0] - 4, brow[-1, 0] + 4, 70)
     brow_pts = np.stack([np.interp(bx, brow[:, 0], brow[:, c]) for c in range(3)], 1)
@@ -565,13 +625,16 @@ def sample_layout(model, identity_vertices: np.ndarray, rng: np.random.Generator
         span = rng.uniform(0.5, 0.9)
         x0, x1 = rng.uniform(-1, -span) * 55, rng.uniform(span, 1) * 55
         sel = (bx >= x0) & (bx <= x1)
-        uv_line = surf.march(brow_uv[sel], up, rise[sel])
+        uv_line = surf.march(brow_uv[sel], _UP, rise[sel])
         pieces = [uv_line] if rng.random() < 0.6 else [uv_line[: len(uv_line) // 2 - 2], uv_line[len(uv_line) // 2 + 2 :]]
         for c in pieces:
             if len(c) > 3:
-                b.curve(c, rng.uniform(0.4, 0.65), -A * rng.uniform(0.5, 0.9), fam["forehead"])
+                b.curve(c, rng.uniform(0.4, 0.65), -A * rng.uniform(0.5, 0.9), _FAMILY["forehead"])
 
-    # glabella: 1-2 vertical lines each side of the midline between the brows, slightly converging down
+
+def _add_glabella(b: _Builder, rng: np.random.Generator, lm: np.ndarray, A: float) -> None:
+    """Glabella: 1-2 vertical lines each side of the midline between the brows, slightly converging down;
+    sometimes a horizontal procerus line across the nose bridge."""
     for s in (-1, 1):
         for k in range(int(rng.integers(1, 3))):
             x = s * (lm[22, 0] - lm[21, 0]) * rng.uniform(0.15, 0.45)
@@ -580,28 +643,32 @@ def sample_layout(model, identity_vertices: np.ndarray, rng: np.random.Generator
             p0 = np.array([x, y0, lm[21, 2] + 3])
             p2 = p0 + [s * rng.uniform(1, 4), L, 0]
             p1 = 0.5 * (p0 + p2) + [s * rng.uniform(-1.5, 1.5), 0, 0]
-            b.curve3d(_bezier(p0, p1, p2, 25), rng.uniform(0.3, 0.45), -A * rng.uniform(0.25, 0.6), fam["glabella"],
+            b.curve3d(_bezier(p0, p1, p2, 25), rng.uniform(0.3, 0.45), -A * rng.uniform(0.25, 0.6), _FAMILY["glabella"],
                       max_dist_mm=12)
-    if rng.random() < 0.6:  # a horizontal procerus line across the nose bridge
+    if rng.random() < 0.6:
         p = lm[27] + [0, rng.uniform(-3, 2), 0]
         pts = p + np.linspace(-7, 7, 15)[:, None] * np.array([1.0, 0, 0])
-        b.curve3d(pts, 0.35, -A * rng.uniform(0.15, 0.35), fam["glabella"], max_dist_mm=8)
+        b.curve3d(pts, 0.35, -A * rng.uniform(0.15, 0.35), _FAMILY["glabella"], max_dist_mm=8)
 
-    # crow's feet: 3-6 lines radiating from each outer eye corner
+
+def _add_crows_feet(b: _Builder, rng: np.random.Generator, lm: np.ndarray, A: float) -> None:
+    """Crow's feet: 3-6 lines radiating from each outer eye corner."""
     for corner, s in ((lm[36], -1.0), (lm[45], 1.0)):
         lat = np.array([s, 0.0, -0.7])
         lat /= np.linalg.norm(lat)
         n_cf = int(rng.integers(3, 7))
         angs = np.sort(rng.uniform(-45, 40, n_cf)) + rng.normal(0, 3, n_cf)
         for ang in np.deg2rad(angs):
-            d = np.cos(ang) * lat + np.sin(ang) * up
+            d = np.cos(ang) * lat + np.sin(ang) * _UP
             r0, L = rng.uniform(4, 8), rng.uniform(8, 18)
             r = np.linspace(r0, r0 + L, 25)
             curv = rng.normal(0, 0.02)
-            pts = corner + r[:, None] * d + (curv * (r - r0) ** 2)[:, None] * up
-            b.curve3d(pts, rng.uniform(0.22, 0.38), -A * rng.uniform(0.3, 0.65), fam["crows_feet"], taper=0.35)
+            pts = corner + r[:, None] * d + (curv * (r - r0) ** 2)[:, None] * _UP
+            b.curve3d(pts, rng.uniform(0.22, 0.38), -A * rng.uniform(0.3, 0.65), _FAMILY["crows_feet"], taper=0.35)
 
-    # under-eye lines: 1-3 arcs below each lower lid
+
+def _add_under_eye(b: _Builder, rng: np.random.Generator, lm: np.ndarray, A: float) -> None:
+    """Under-eye lines: 1-3 arcs below each lower lid."""
     for idx in ((36, 41, 40, 39), (45, 46, 47, 42)):
         lid = lm[list(idx)]
         for k in range(int(rng.integers(1, 4))):
@@ -609,9 +676,12 @@ def sample_layout(model, identity_vertices: np.ndarray, rng: np.random.Generator
             t = np.linspace(-0.15, 1.1, 30)
             base = np.stack([np.interp(t, np.linspace(0, 1, 4), lid[:, c]) for c in range(3)], 1)
             pts = base + np.array([0, -off, 2.0])
-            b.curve3d(pts, rng.uniform(0.25, 0.4), -A * rng.uniform(0.12, 0.35), fam["under_eye"], max_dist_mm=10)
+            b.curve3d(pts, rng.uniform(0.25, 0.4), -A * rng.uniform(0.12, 0.35), _FAMILY["under_eye"], max_dist_mm=10)
 
-    # nasolabial folds: from beside the nose wing, bowing out, past the mouth corner; a ridge on the cheek side
+
+def _add_nasolabial(b: _Builder, rng: np.random.Generator, lm: np.ndarray, A: float, age: float) -> None:
+    """Nasolabial folds: from beside the nose wing, bowing out, past the mouth corner; a ridge on the cheek
+    side, and with age sometimes a fainter parallel fold."""
     for wing, corner, s in ((lm[31], lm[48], -1.0), (lm[35], lm[54], 1.0)):
         p0 = wing + [s * rng.uniform(3, 6), rng.uniform(1, 4), -2]
         p2 = corner + [s * rng.uniform(5, 10), -rng.uniform(6, 14), -3]
@@ -622,12 +692,16 @@ def sample_layout(model, identity_vertices: np.ndarray, rng: np.random.Generator
         # orient so that "left of the direction" is the cheek (outer) side
         if s < 0:
             pts = pts[::-1]
-        b.curve3d(pts, sig, -dep, fam["nasolabial"], taper=0.2, max_dist_mm=10)
-        b.curve3d(pts, 1.6 * sig, 0.25 * dep, fam["nasolabial"], taper=0.3, max_dist_mm=10, offset_mm=-2.2 * sig)
-        if rng.random() < 0.5 * age:  # a fainter parallel fold
-            b.curve3d(pts + [s * 5, -2, -2], 0.6 * sig, -0.35 * dep, fam["nasolabial"], taper=0.3, max_dist_mm=10)
+        b.curve3d(pts, sig, -dep, _FAMILY["nasolabial"], taper=0.2, max_dist_mm=10)
+        b.curve3d(pts, 1.6 * sig, 0.25 * dep, _FAMILY["nasolabial"], taper=0.3, max_dist_mm=10, offset_mm=-2.2 * sig)
+        if rng.random() < 0.5 * age:
+            b.curve3d(pts + [s * 5, -2, -2], 0.6 * sig, -0.35 * dep, _FAMILY["nasolabial"], taper=0.3, max_dist_mm=10)
 
-    # lip lines: short vertical creases across the vermilion border, radiating from the mouth centre
+
+def _add_lip_creases(b: _Builder, rng: np.random.Generator, surf: _Surface, lm: np.ndarray, mouth_c: np.ndarray,
+                     age: float) -> None:
+    """Lip lines (short vertical creases across the vermilion border, radiating from the mouth centre) and
+    lip furrows (many fine vertical creases across the red of the lips, deeper when puckering)."""
     n_lip = int(rng.integers(4, 10) + 16 * age)
     outline = np.concatenate([lm[48:60], lm[48:49]])
     seg_len = np.linalg.norm(np.diff(outline, axis=0), axis=1)
@@ -642,10 +716,8 @@ def sample_layout(model, identity_vertices: np.ndarray, rng: np.random.Generator
             continue
         a, L = rng.uniform(1, 3), rng.uniform(2, 7) * (0.6 + 0.6 * age)
         pts = p + np.linspace(-a, L, 12)[:, None] * r + [0, 0, 1.0]
-        b.curve3d(pts, rng.uniform(0.08, 0.16), -(0.1 + 0.25 * age) * rng.uniform(0.5, 1.0), fam["lip_lines"],
+        b.curve3d(pts, rng.uniform(0.08, 0.16), -(0.1 + 0.25 * age) * rng.uniform(0.5, 1.0), _FAMILY["lip_lines"],
                   taper=0.35, max_dist_mm=6)
-
-    # lip furrows: many fine vertical creases across the red of the lips (deeper when puckering)
     n_furrow = int(rng.integers(30, 60))
     s_f = rng.uniform(0.04, 0.96, n_furrow) * cum[-1]
     p_out = np.stack([np.interp(s_f, cum, outline[:, c]) for c in range(3)], 1)
@@ -662,9 +734,11 @@ def sample_layout(model, identity_vertices: np.ndarray, rng: np.random.Generator
     fuv = np.stack(steps, 1)
     ok = (fd < 5) & (np.abs(r[:, 0]) < 0.9) & (l_in + l_out > 1.0)
     b.curves(fuv[ok], rng.uniform(0.05, 0.1, ok.sum()), -rng.uniform(0.03, 0.08, ok.sum()) * (0.8 + 0.5 * age),
-             fam["lip_lines"], taper=0.3)
+             _FAMILY["lip_lines"], taper=0.3)
 
-    # neck lines: 2-3 horizontal bands around the front of the neck
+
+def _add_neck_lines(b: _Builder, rng: np.random.Generator, surf: _Surface, chin: np.ndarray, A: float) -> None:
+    """Neck lines: 2-3 horizontal bands around the front of the neck, walked sideways over its surface."""
     for k in range(int(rng.integers(2, 4))):
         y = chin[1] - rng.uniform(22, 30) - k * rng.uniform(10, 16)
         mid, _ = surf.to_uv(np.array([[0.0, y, chin[2] - 25]]))
@@ -678,37 +752,43 @@ def sample_layout(model, identity_vertices: np.ndarray, rng: np.random.Generator
                 heading = heading + [[0, rng.normal(0, 0.01), 0]]
                 side_pts.append(uvp[0])
             pts = (side_pts[::-1] + pts) if sgn < 0 else (pts + side_pts)
-        b.curve(np.array(pts), rng.uniform(0.5, 0.9), -A * rng.uniform(0.2, 0.55), fam["neck"], taper=0.3)
+        b.curve(np.array(pts), rng.uniform(0.5, 0.9), -A * rng.uniform(0.2, 0.55), _FAMILY["neck"], taper=0.3)
 
-    # chin: the mentolabial crease and mentalis dimpling
+
+def _add_chin(b: _Builder, rng: np.random.Generator, surf: _Surface, lm: np.ndarray, chin: np.ndarray, A: float) -> None:
+    """Chin: the mentolabial crease and mentalis dimpling."""
     p = 0.5 * (lm[57] + chin) + [0, rng.uniform(2, 5), 3]
-    pts = p + np.linspace(-1, 1, 20)[:, None] * [rng.uniform(9, 14), 0, 0] + ((np.linspace(-1, 1, 20) ** 2) * 3)[:, None] * up
-    b.curve3d(pts, rng.uniform(0.6, 1.0), -A * rng.uniform(0.2, 0.45), fam["chin"], max_dist_mm=10)
+    pts = p + np.linspace(-1, 1, 20)[:, None] * [rng.uniform(9, 14), 0, 0] + ((np.linspace(-1, 1, 20) ** 2) * 3)[:, None] * _UP
+    b.curve3d(pts, rng.uniform(0.6, 1.0), -A * rng.uniform(0.2, 0.45), _FAMILY["chin"], max_dist_mm=10)
     n_dim = int(rng.integers(8, 25))
     dc = chin + [0, 9, 4] + rng.normal(0, 1, (n_dim, 3)) * [7, 4, 0]
     duv, dd = surf.to_uv(dc)
     ok = dd < 10
     sig = rng.uniform(0.5, 1.2, n_dim)[ok]
-    b.pores(duv[ok], sig, -A * rng.uniform(0.05, 0.15, ok.sum()), family=fam["chin"])
+    b.pores(duv[ok], sig, -A * rng.uniform(0.05, 0.15, ok.sum()), family=_FAMILY["chin"])
 
-    uv, sig, dep, ds, fam_a, side = b.arrays()
+
+def _residual_depths(rng: np.random.Generator, age: float) -> np.ndarray:
+    """``[families]`` float32: the share of each wrinkle family left in the neutral face (static detail: 1)."""
     residual = np.array([1.0] + [0.0] * (len(FAMILY_NAMES) - 1), np.float32)
     for name in FAMILY_NAMES[1:]:
-        residual[fam[name]] = np.clip(rng.uniform(0.05, 0.15) + 0.2 * age, 0, 0.6)
-    residual[fam["nasolabial"]] = np.clip(rng.uniform(0.2, 0.35) + 0.25 * age, 0, 0.7)
-    residual[fam["lip_lines"]] = np.clip(0.1 + 0.6 * age, 0, 0.8)
+        residual[_FAMILY[name]] = np.clip(rng.uniform(0.05, 0.15) + 0.2 * age, 0, 0.6)
+    residual[_FAMILY["nasolabial"]] = np.clip(rng.uniform(0.2, 0.35) + 0.25 * age, 0, 0.7)
+    residual[_FAMILY["lip_lines"]] = np.clip(0.1 + 0.6 * age, 0, 0.8)
+    return residual
 
-    relief = _skin_relief(rng, surf, age, w_lip=w_lip.reshape(S, S), w_lid=w_lid.reshape(S, S),
-                          w_nose=w_nose.reshape(S, S), w_fore=w_fore.reshape(S, S), facial=facial.reshape(S, S))
 
-    # boundary fade in mm on the layout grid
+def _fade_and_regions(surf: _Surface, f: _RegionFields) -> tuple[np.ndarray, dict]:
+    """The fade of the detail towards the tile boundary (in mm on the layout grid) and the layout's regions."""
+    import cv2
+
+    S = LAYOUT_SIZE
     dist_px = cv2.distanceTransform(surf.cov.astype(np.uint8), cv2.DIST_L2, 5)
     mmpt = np.where(surf.cov, surf.mm_per_uv / S, np.median(surf.mm_per_uv[surf.cov]) / S)
     fade = _smoothstep((dist_px * mmpt - FADE_MM[0]) / FADE_MM[1]).astype(np.float32)
-    regions = {"facial_area": facial.reshape(S, S).astype(np.float32),
-               "forehead": (facial & (P[:, 1] > brow_y + 8.0) & (np.abs(P[:, 0]) < 45)).reshape(S, S).astype(np.float32)}
-    return DetailLayout(uv=uv, sigma_uv=sig, depth_mm=dep, ds_uv=ds, family=fam_a, side=side, residual=residual,
-                        fade=fade, regions=regions, age=age, relief=relief)
+    regions = {"facial_area": f.facial.reshape(S, S).astype(np.float32),
+               "forehead": (f.facial & (f.P[:, 1] > f.brow_y + 8.0) & (np.abs(f.P[:, 0]) < 45)).reshape(S, S).astype(np.float32)}
+    return fade, regions
 
 
 def _skin_relief(rng, surf: _Surface, age: float, w_lip, w_lid, w_nose, w_fore, facial) -> dict:

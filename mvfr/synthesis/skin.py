@@ -786,27 +786,34 @@ def part_colors(model, skin: SkinParams, rng: np.random.Generator, vertices: np.
     col = np.zeros((len(V), 3))
     spec = np.zeros(len(V))
     base = skin.base_rgb.astype(np.float64)
-
-    def rng_part(name):
-        a, b = ict.PART_VERTICES[name]
-        return slice(a, b + 1)
-
     for name in ("face", "head"):
-        col[rng_part(name)] = base
-        spec[rng_part(name)] = 0.3
-    # mouth socket: dark red, darker deeper inside
-    L = V[model.landmarks68]
-    mouth = L[48:68].mean(0)
-    sl = rng_part("mouth_socket")
+        col[_part(name)] = base
+        spec[_part(name)] = 0.3
+    mouth = V[model.landmarks68][48:68].mean(0)
+    _mouth_colors(V, mouth, rng, col, spec)
+    for side in ("left", "right"):
+        _eyeball_colors(V, side, skin, rng, col, spec)
+    _eye_surround_colors(skin, base, col, spec)
+    return col.astype(np.float32), spec.astype(np.float32)
+
+
+def _part(name: str) -> slice:
+    """The vertices of an ICT part."""
+    a, b = ict.PART_VERTICES[name]
+    return slice(a, b + 1)
+
+
+def _mouth_colors(V: np.ndarray, mouth: np.ndarray, rng: np.random.Generator, col: np.ndarray, spec: np.ndarray) -> None:
+    """Mouth socket (dark red, darker deeper inside), gums near the teeth and tongue, and the teeth
+    (off-white, yellower and darker at the back, per-tooth variation), written into ``col``, ``spec``."""
+    from scipy.spatial import cKDTree
+
+    sl = _part("mouth_socket")
     depth = np.clip((mouth[2] - V[sl, 2]) / 35.0, 0, 1)[:, None]
     col[sl] = (1 - depth) * np.array([0.20, 0.045, 0.04]) + depth * np.array([0.05, 0.008, 0.008])
     spec[sl] = 0.3
-    # gums and tongue: gums near the teeth
-    sl = rng_part("gums_tongue")
-    teeth = V[rng_part("teeth")]
-    from scipy.spatial import cKDTree
-
-    dist, _ = cKDTree(teeth).query(V[sl], k=1)
+    sl = _part("gums_tongue")
+    dist, _ = cKDTree(V[_part("teeth")]).query(V[sl], k=1)
     gum = (dist < 2.5)[:, None]
     tongue = np.array([0.42, 0.13, 0.12]) * rng.uniform(0.85, 1.1)
     gums = np.array([0.50, 0.17, 0.16]) * rng.uniform(0.85, 1.1)
@@ -815,67 +822,72 @@ def part_colors(model, skin: SkinParams, rng: np.random.Generator, vertices: np.
     d_in = np.clip((mouth[2] - pts[:, 2]) / 45.0, 0, 1)[:, None]
     col[sl] = np.where(gum, gums, tongue) * tex * (1 - 0.6 * d_in)
     spec[sl] = 0.55
-    # teeth: off-white, yellower and darker at the back, per-tooth variation via position
-    sl = rng_part("teeth")
+    sl = _part("teeth")
     tooth = np.array([0.70, 0.60, 0.48]) * rng.uniform(0.8, 1.05) * np.array([1.0, 1.0, rng.uniform(0.85, 1.05)])
     pts = V[sl]
     d_in = np.clip((mouth[2] - pts[:, 2] - 5.0) / 30.0, 0, 1)[:, None]
     var = 1 + 0.06 * np.sin(pts[:, 0:1] * 0.9 + rng.uniform(0, 6.28)) + 0.03 * rng.normal(size=(len(pts), 1))
     col[sl] = tooth * var * (1 - 0.55 * d_in)
     spec[sl] = 0.6
-    # eyeballs
+
+
+def _eyeball_colors(V: np.ndarray, side: str, skin: SkinParams, rng: np.random.Generator, col: np.ndarray,
+                    spec: np.ndarray) -> None:
+    """One eyeball: sclera (slightly redder and darker away from the cornea), and on the iris vertices an
+    iris with radial structure (limbal ring, collarette, streaks) around a dark pupil."""
     sclera = np.array(skin.sclera_tint)
     iris_rgb = np.array(skin.iris_color)
-    for side in ("left", "right"):
-        sl = rng_part(f"eyeball_{side}")
-        col[sl] = sclera
-        spec[sl] = 0.9
-        a, b = ict.IRIS_VERTICES[side]
-        c, ax, r_iris, r_pupil, d, h, r = _eye_frame(V, side)
-        # sclera: slightly redder and darker away from the cornea (vessels, shadowing)
-        ang = np.degrees(np.arccos(np.clip(h / np.linalg.norm(d, axis=1), -1, 1)))
-        red = _smoothstep(30.0, 80.0, ang)[:, None]
-        scl = sclera * (1 - 0.15 * red) * (1 + 0.12 * red * np.array([0.6, -0.3, -0.4]))
-        # iris: radial structure (limbal ring, collarette, radial streaks)
-        e = np.cross(ax, [0.0, 1.0, 0.0])
-        e /= np.linalg.norm(e)
-        e2 = np.cross(ax, e)
-        theta = np.arctan2(d @ e2, d @ e)
-        q = r / r_iris
-        k = np.arange(1, 25)
-        phases = rng.uniform(0, 2 * np.pi, len(k))
-        streak = (np.cos(np.outer(theta, k * 3) + phases) / np.sqrt(k)).sum(1) / 3.0
-        ring = np.exp(-0.5 * ((q - 0.95) / 0.06) ** 2)  # limbal ring
-        coll = np.exp(-0.5 * ((q - 0.5) / 0.1) ** 2)  # collarette
-        inner_col = iris_rgb * np.array([1.25, 1.08, 0.85]) if skin.iris_name in ("green", "hazel", "blue", "grey") else iris_rgb * 1.15
-        irc = iris_rgb[None] * (1 + 0.25 * streak[:, None])
-        cw = 0.6 * coll[:, None]
-        irc = irc * (1 - cw) + inner_col[None] * cw * (1 + 0.2 * streak[:, None])
-        irc = irc * (1 - 0.65 * ring[:, None])
-        in_iris = 1 - _smoothstep(r_iris - 0.3, r_iris + 0.2, r)
-        in_iris = in_iris * (h > 0)
-        pupil = (1 - _smoothstep(r_pupil - 0.25, r_pupil + 0.25, r)) * (h > 0)
-        cc = scl * (1 - in_iris[:, None]) + irc * in_iris[:, None]
-        cc = cc * (1 - pupil[:, None]) + np.array([0.008, 0.007, 0.007]) * pupil[:, None]
-        col[a : b + 1] = cc
-        spec[a : b + 1] = 0.9
+    sl = _part(f"eyeball_{side}")
+    col[sl] = sclera
+    spec[sl] = 0.9
+    a, b = ict.IRIS_VERTICES[side]
+    c, ax, r_iris, r_pupil, d, h, r = _eye_frame(V, side)
+    ang = np.degrees(np.arccos(np.clip(h / np.linalg.norm(d, axis=1), -1, 1)))
+    red = _smoothstep(30.0, 80.0, ang)[:, None]
+    scl = sclera * (1 - 0.15 * red) * (1 + 0.12 * red * np.array([0.6, -0.3, -0.4]))
+    e = np.cross(ax, [0.0, 1.0, 0.0])
+    e /= np.linalg.norm(e)
+    e2 = np.cross(ax, e)
+    theta = np.arctan2(d @ e2, d @ e)
+    q = r / r_iris
+    k = np.arange(1, 25)
+    phases = rng.uniform(0, 2 * np.pi, len(k))
+    streak = (np.cos(np.outer(theta, k * 3) + phases) / np.sqrt(k)).sum(1) / 3.0
+    ring = np.exp(-0.5 * ((q - 0.95) / 0.06) ** 2)  # limbal ring
+    coll = np.exp(-0.5 * ((q - 0.5) / 0.1) ** 2)  # collarette
+    inner_col = iris_rgb * np.array([1.25, 1.08, 0.85]) if skin.iris_name in ("green", "hazel", "blue", "grey") else iris_rgb * 1.15
+    irc = iris_rgb[None] * (1 + 0.25 * streak[:, None])
+    cw = 0.6 * coll[:, None]
+    irc = irc * (1 - cw) + inner_col[None] * cw * (1 + 0.2 * streak[:, None])
+    irc = irc * (1 - 0.65 * ring[:, None])
+    in_iris = 1 - _smoothstep(r_iris - 0.3, r_iris + 0.2, r)
+    in_iris = in_iris * (h > 0)
+    pupil = (1 - _smoothstep(r_pupil - 0.25, r_pupil + 0.25, r)) * (h > 0)
+    cc = scl * (1 - in_iris[:, None]) + irc * in_iris[:, None]
+    cc = cc * (1 - pupil[:, None]) + np.array([0.008, 0.007, 0.007]) * pupil[:, None]
+    col[a : b + 1] = cc
+    spec[a : b + 1] = 0.9
+
+
+def _eye_surround_colors(skin: SkinParams, base: np.ndarray, col: np.ndarray, spec: np.ndarray) -> None:
+    """Eye sockets, lacrimal, eye blend and occlusion (skin-like, dark) and eyelashes (near black, or the
+    hair colour darkened for fair hair)."""
     hair = np.array(skin.hair_color)
     lash = np.minimum(hair, np.array([0.03, 0.022, 0.016])) if skin.hair_name not in ("blonde", "grey") else hair * 0.35
     for side in ("left", "right"):
-        sl = rng_part(f"eye_socket_{side}")
+        sl = _part(f"eye_socket_{side}")
         col[sl] = base * np.array([0.55, 0.42, 0.42]) + np.array([0.03, 0.0, 0.0])
         spec[sl] = 0.5
-        sl = rng_part(f"lacrimal_{side}")
+        sl = _part(f"lacrimal_{side}")
         col[sl] = base * np.array([0.8, 0.55, 0.55]) + np.array([0.08, 0.02, 0.02])
         spec[sl] = 0.7
         for nm in (f"eye_blend_{side}", f"eye_occlusion_{side}"):
-            sl = rng_part(nm)
+            sl = _part(nm)
             col[sl] = base * 0.3
             spec[sl] = 0.1
-        sl = rng_part(f"eyelashes_{side}")
+        sl = _part(f"eyelashes_{side}")
         col[sl] = lash
         spec[sl] = 0.15
-    return col.astype(np.float32), spec.astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- cavities
