@@ -48,10 +48,11 @@ def is_current(opt, folder: DataFolder, raw: RawFolder, fid: str) -> bool:
     return all(p.stat().st_mtime_ns < stamp for p in evaluation_inputs(folder, raw, fid, opt.scan_region))
 
 
-def collect(folder: DataFolder, ids: list[str]) -> dict:
-    """``{fid: {stage: {metric: value}}}`` of the faces of ``ids`` that have a metrics file."""
+def collect(opt, folder: DataFolder, raw: RawFolder, ids: list[str]) -> dict:
+    """``{fid: {stage: {metric: value}}}`` of the faces of ``ids`` whose metrics file is current (a face
+    that failed this time is left out, not taken from an older run)."""
     return {fid: read_json(folder.face_metrics(fid), "metrics file")["metrics"] for fid in ids
-            if folder.face_metrics(fid).is_file()}
+            if is_current(opt, folder, raw, fid)}
 
 
 def main(argv=None) -> int:
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
         if not distributed.is_main():
             distributed.cleanup()
             return summary.exit_code()
-    per_face = collect(folder, select_face_ids(folder, opt, sharded=False))
+    per_face = collect(opt, folder, raw, select_face_ids(folder, opt, sharded=False))
     if sharded:
         distributed.cleanup()
     if not per_face:

@@ -29,7 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from mvfr.camera import camera_center, read_params
 from mvfr.datafolder import DataError, DataFolder, RawFolder, read_json
+from mvfr.face_model import load_face_model
+from mvfr.fitting import fit_face_model
 from mvfr.mesh_io import Mesh, read_mesh
 from mvfr.metrics import (
     STAGE_ORDER,
@@ -88,9 +91,6 @@ def landmark_points(folder: DataFolder, fid: str) -> tuple[np.ndarray, np.ndarra
 def landmark_surface(points: np.ndarray, weights: np.ndarray) -> Mesh:
     """The base model fitted to triangulated landmarks alone (:func:`mvfr.fitting.fit_face_model`, the
     template's uvs): the reference surface of the fallback region (capture units)."""
-    from mvfr.face_model import load_face_model
-    from mvfr.fitting import fit_face_model
-
     if (weights > 0).sum() < 10:
         raise DataError(f"only {(weights > 0).sum()} landmarks were triangulated; the facial region needs more")
     return fit_face_model(points, weights, load_face_model()).mesh
@@ -131,8 +131,6 @@ def gt_region(
 def camera_centres(folder: DataFolder, raw: RawFolder, fid: str) -> np.ndarray:
     """Centres ``[V, 3]`` (capture units) of the capture's valid cameras: the processed params.json,
     else RAW's; empty when neither exists."""
-    from mvfr.camera import camera_center, read_params
-
     for path in (folder.params(fid), raw.params(fid)):
         if path.is_file():
             cams = read_params(path, where=f"params.json of {fid} ({path})")

@@ -25,6 +25,7 @@ from typing import Callable, Iterable
 
 from tqdm import tqdm
 
+from mvfr.atomic_io import save_json
 from mvfr.datafolder import DataError, DataFolder, face_id, parse_face_id
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,6 @@ class StageSummary:
         return 1 if self.failed else 0
 
     def save(self, path: str | os.PathLike) -> None:
-        from mvfr.atomic_io import save_json
-
         save_json(path, dataclasses.asdict(self))
 
     def report(self) -> str:

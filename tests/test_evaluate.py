@@ -136,3 +136,20 @@ def test_a_face_is_scored_once_until_its_inputs_change(scan_folders, capsys):
     assert set(json.loads(data.metrics_json.read_text())["faces"][fid]) == {"reg"}
     run(raw, data, "--overwrite", stages=("reg",))
     assert "1 done" in capsys.readouterr().err
+
+
+def test_a_face_that_fails_is_not_taken_from_an_older_run(scan_folders, capsys):
+    import evaluate
+
+    raw, data, fid, _ = scan_folders
+    run(raw, data)
+    mesh = data.meso_mesh(fid)
+    original = mesh.read_bytes()
+    try:
+        mesh.write_text("v 0 0 0\nf 1 2 3\n")  # newer and broken: the face fails now
+        rc = evaluate.main(["--dataroot", str(data.root), "--facescape_dataroot", str(raw.root), "--split", "eval",
+                            "--n_samples", "20000", "--stages", "reg", "meso"])
+        err = capsys.readouterr().err
+        assert rc == 1 and "FAILED" in err and "no face could be evaluated" in err  # not the metrics of the last run
+    finally:
+        mesh.write_bytes(original)

@@ -358,3 +358,19 @@ def test_open_edges_against_counting_every_edge():
             assert open_edge[i, k] == (uses[tuple(sorted((int(t[(k + 1) % 3]), int(t[(k + 2) % 3]))))] == 1)
     on = {v for e, n in uses.items() if n == 1 for v in e}
     assert set(np.flatnonzero(open_vertex)) == on and 0 < len(on) < len(mesh.vertices)
+
+
+def test_stratified_samples_give_every_face_its_share():
+    mesh = grid(0, 1, 0, 1, 10, 10)  # 200 faces of equal area
+    _, face_idx, bary = metrics.sample_surface(mesh.vertices, mesh.faces, 800, seed=3)
+    assert (np.bincount(face_idx, minlength=200) == 4).all()  # exactly 4 per face (independent draws: not)
+    _, iid, _ = metrics.sample_surface(mesh.vertices, mesh.faces, 800, seed=3, stratified=False)
+    assert not (np.bincount(iid, minlength=200) == 4).all()
+    assert (bary >= 0).all() and np.allclose(bary.sum(1), 1)
+    # a mean over the samples varies less from seed to seed than with independent samples
+    s = sphere(1.0, 3)
+    spread = {}
+    for strat in (True, False):
+        z = [metrics.sample_surface(s.vertices, s.faces, 2000, seed=k, stratified=strat)[0][:, 2].mean() for k in range(20)]
+        spread[strat] = np.std(z)
+    assert spread[True] < 0.5 * spread[False]
