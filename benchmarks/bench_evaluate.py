@@ -35,10 +35,17 @@ from mvfr.atomic_io import save_json  # noqa: E402
 from mvfr.datafolder import DataFolder, RawFolder  # noqa: E402
 from mvfr.evaluation import camera_centres, evaluate_face, gt_region, oriented_scan, stage_outputs  # noqa: E402
 from mvfr.mesh_io import Mesh, read_mesh  # noqa: E402
-from mvfr.metrics import face_areas, orient_towards_cameras, surface_metrics  # noqa: E402
+from mvfr.metrics import ScanIndex, face_areas, orient_towards_cameras, point_to_mesh, surface_metrics  # noqa: E402
 
 MM_KEYS = ("accuracy_mean_mm", "accuracy_median_mm", "completeness_mean_mm", "chamfer_mm")
 DEFAULT_SAMPLES = 200_000
+
+
+class _TreePerCall(ScanIndex):
+    """The former closest points: igl.point_mesh_squared_distance, a tree built for every call."""
+
+    def closest(self, points):
+        return point_to_mesh(points, self.vertices, self.faces)
 
 
 def per_stage(folder: DataFolder, raw: RawFolder, fid: str, n: int) -> dict:
@@ -55,7 +62,8 @@ def per_stage(folder: DataFolder, raw: RawFolder, fid: str, n: int) -> dict:
     mm = folder.mm_per_unit(fid)
     region, _ = gt_region(gt, folder, raw, fid, mm)
     outputs = {s: p for s, p in stage_outputs(folder, fid).items() if p.is_file()}
-    return {s: surface_metrics(read_mesh(p), gt, region, mm, n_samples=n, stratified=False) for s, p in outputs.items()}
+    return {s: surface_metrics(read_mesh(p), _TreePerCall(v, faces), region, mm, n_samples=n, stratified=False)
+            for s, p in outputs.items()}
 
 
 def sample_sweep(folder: DataFolder, raw: RawFolder, fid: str, counts: list[int]) -> dict:
