@@ -333,8 +333,10 @@ def every(dest: str) -> bool:
 
 RUN = ("config", "dataroot", "seed", "log_level")  # every stage that starts with mvfr.runtime.start_stage
 FACES = ("split", "ids", "overwrite")  # the per-face loop (mvfr.stage.select_face_ids, run_faces)
-DP_MAIN = ("dp_checkpoint", "dp_mask_feather", "dp_target", "input", "output", "score")  # dpmap_pred/main.py
-DP_TO_MESH = ("dp_smooth_iters", "dp_subdiv_levels", "dp_mesh", "dp_map", "dp_mm_per_unit", "output")  # dpmap2mesh.py
+# dpmap_pred/: main.py and dpmap2mesh.py read these; dpmap_pred/train.py every other option of the dp_* group
+DP_MAIN = ("dp_checkpoint", "dp_mask_feather", "dp_target", "dp_smooth_iters", "dp_subdiv_levels", "input", "output", "score")
+DP_TO_MESH = ("dp_smooth_iters", "dp_subdiv_levels", "dp_mesh", "dp_map", "dp_mm_per_unit", "output")
+DP_INFERENCE_ONLY = ("dp_checkpoint", "dp_mask_feather", "input", "output", "score", "dp_mesh", "dp_map", "dp_mm_per_unit")
 
 # Accepted although not read, until the callers that pass them are changed (tests/test_dpmap.py hands
 # dpmap2mesh the arguments of dpmap_main; options.read_by cuts them to what dpmap2mesh reads).
@@ -372,7 +374,7 @@ STAGES: dict[str, tuple[str, Groups]] = {
         (add_common_options, only(*RUN, *FACES, "facescape_dataroot")), (add_report_options, every)]),
     "dpmap_train": ("Train the texture -> mesoscopic displacement network.", [
         (add_common_options, only(*RUN, "split", "ids", "facescape_dataroot", "device")),
-        (add_dpmap_options, all_but(*(set(DP_MAIN) | set(DP_TO_MESH)) - {"dp_target"}))]),
+        (add_dpmap_options, all_but(*DP_INFERENCE_ONLY))]),
     "dpmap_main": ("Predict mesoscopic displacement maps from UV textures.", [
         (add_common_options, only(*RUN, *FACES, "facescape_dataroot", "device")), (add_dpmap_options, only(*DP_MAIN))]),
     "dpmap2mesh": ("Subdivide the reg mesh and displace it by the predicted displacement map.", [

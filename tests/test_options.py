@@ -31,9 +31,13 @@ def _is_opt(node: ast.AST) -> bool:
         isinstance(node, ast.Attribute) and node.attr == "opt" and isinstance(node.value, ast.Name) and node.value.id == "self")
 
 
+ALL_OPTIONS = {d for s in options.STAGES for d in options.stage_options(s)}
+
+
 def _reads_of(tree: ast.AST, is_param) -> set[str]:
-    """Names read from an options object: ``p.name``, ``getattr(p, "name")``, ``p["name"]``, ``p.get("name")``."""
-    out = set()
+    """Names read from an options object: ``p.name``, ``getattr(p, "name")``, ``p["name"]``, ``p.get("name")``;
+    where a name is computed (``getattr(p, key)``), every option name written as a string in ``tree``."""
+    out, computed = set(), False
     for n in ast.walk(tree):
         if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Load) and is_param(n.value) and n.attr not in ("get", "opt"):
             out.add(n.attr)
@@ -41,12 +45,18 @@ def _reads_of(tree: ast.AST, is_param) -> set[str]:
             out.add(n.slice.value)
         elif isinstance(n, ast.Call):
             f = n.func
-            if isinstance(f, ast.Name) and f.id == "getattr" and len(n.args) >= 2 and is_param(n.args[0]) \
-                    and isinstance(n.args[1], ast.Constant):
-                out.add(n.args[1].value)
-            if isinstance(f, ast.Attribute) and f.attr == "get" and is_param(f.value) and n.args \
-                    and isinstance(n.args[0], ast.Constant):
-                out.add(n.args[0].value)
+            if isinstance(f, ast.Name) and f.id == "getattr" and len(n.args) >= 2 and is_param(n.args[0]):
+                if isinstance(n.args[1], ast.Constant):
+                    out.add(n.args[1].value)
+                else:
+                    computed = True
+            if isinstance(f, ast.Attribute) and f.attr == "get" and is_param(f.value) and n.args:
+                if isinstance(n.args[0], ast.Constant):
+                    out.add(n.args[0].value)
+                else:
+                    computed = True
+    if computed:
+        out |= {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in ALL_OPTIONS}
     return out
 
 
