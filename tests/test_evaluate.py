@@ -153,3 +153,36 @@ def test_a_face_that_fails_is_not_taken_from_an_older_run(scan_folders, capsys):
         assert rc == 1 and "FAILED" in err and "no face could be evaluated" in err  # not the metrics of the last run
     finally:
         mesh.write_bytes(original)
+
+
+def test_torchrun_shards_the_faces_and_rank_0_writes_every_one(scan_folders, tmp_path):
+    """Two ranks under torchrun: each scores one of two faces, rank 0 writes metrics.json with both."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    raw0, data0, fid, _ = scan_folders
+    raw, data = RawFolder(tmp_path / "raw"), DataFolder(tmp_path / "data")
+    shutil.copytree(raw0.root, raw.root)
+    shutil.copytree(data0.root, data.root, ignore=shutil.ignore_patterns("eval"))
+    twin = "004_02"  # the same capture under a second id
+    for src, dst in ((raw0.scan(fid), raw.scan(twin)), (raw0.region(fid), raw.region(twin)),
+                     (raw0.params(fid), raw.params(twin)), (data0.reg_mesh(fid), data.reg_mesh(twin))):
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+    save_json(data.id_json, {"train": [], "eval": [fid, twin]})
+    scales = json.loads(data.rt_scale_json.read_text())
+    scales["4"]["2"] = scales["4"]["1"]
+    save_json(data.rt_scale_json, scales)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "evaluate.py"), "--dataroot", str(data.root), "--facescape_dataroot", str(raw.root),
+           "--n_samples", "5000", "--stages", "reg"]
+    out = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stderr.count("evaluate: 1 done, 0 skipped") == 2  # one face per rank
+    doc = json.loads(data.metrics_json.read_text())
+    assert set(doc["faces"]) == {fid, twin} and doc["faces"][fid] == doc["faces"][twin]
+    assert doc["faces"][fid]["reg"]["chamfer_mm"] < 1e-6
