@@ -42,7 +42,7 @@ def is_current(opt, folder: DataFolder, raw: RawFolder, fid: str) -> bool:
     try:
         if read_json(path, "metrics file").get("settings") != settings(opt, folder, fid):
             return False
-    except ValueError:
+    except ValueError:  # an unreadable file or scale: the face is scored (and its error reported) again
         return False
     stamp = path.stat().st_mtime_ns
     return all(p.stat().st_mtime_ns < stamp for p in evaluation_inputs(folder, raw, fid, opt.scan_region))
