@@ -338,10 +338,6 @@ DP_MAIN = ("dp_checkpoint", "dp_mask_feather", "dp_target", "dp_smooth_iters", "
 DP_TO_MESH = ("dp_smooth_iters", "dp_subdiv_levels", "dp_mesh", "dp_map", "dp_mm_per_unit", "output")
 DP_INFERENCE_ONLY = ("dp_checkpoint", "dp_mask_feather", "input", "output", "score", "dp_mesh", "dp_map", "dp_mm_per_unit")
 
-# Accepted although not read, until the callers that pass them are changed (tests/test_dpmap.py hands
-# dpmap2mesh the arguments of dpmap_main; options.read_by cuts them to what dpmap2mesh reads).
-UNREAD: dict[str, tuple[str, ...]] = {"dpmap2mesh": ("facescape_dataroot", "device", "dp_target")}
-
 Groups = list[tuple[Callable[[argparse.ArgumentParser], None], Selection]]
 
 # stage -> (description, [(group, the options of it the stage reads)])
@@ -378,8 +374,8 @@ STAGES: dict[str, tuple[str, Groups]] = {
     "dpmap_main": ("Predict mesoscopic displacement maps from UV textures.", [
         (add_common_options, only(*RUN, *FACES, "facescape_dataroot", "device")), (add_dpmap_options, only(*DP_MAIN))]),
     "dpmap2mesh": ("Subdivide the reg mesh and displace it by the predicted displacement map.", [
-        (add_common_options, only(*RUN, *FACES, *UNREAD["dpmap2mesh"])),
-        (add_dpmap_options, only(*DP_TO_MESH, *UNREAD["dpmap2mesh"]))]),
+        (add_common_options, only(*RUN, *FACES)),
+        (add_dpmap_options, only(*DP_TO_MESH))]),
     "gen_synthetic": ("Write a synthetic FaceScape-layout dataset with ground truth.", [
         (add_common_options, only("config")), (add_synthetic_options, every)]),
     "import_capture": ("Add one capture calibrated by COLMAP, Metashape, nerfstudio or OpenCV to a RAW folder.", [

@@ -74,10 +74,10 @@ MUTATIONS = [
     ),
     Mutation(
         "taubin-iters-option", "dpmap_pred/dpmap2mesh.py",
-        "meso, _ = displace_mesh(mesh, dp, folder.mm_per_unit(fid), levels, opt.dp_smooth_iters)",
+        "meso, _ = displace_mesh(mesh, dp, folder.mm_per_unit(fid), levels, smooth_iters)",
         "meso, _ = displace_mesh(mesh, dp, folder.mm_per_unit(fid), levels)",
         (DPMAP_E2E,),
-        "dpmap2mesh over a data folder ignores --dp_smooth_iters",
+        "dpmap2mesh over a data folder ignores the map's smoothing",
     ),
     Mutation(
         "dpmap-mm-per-unit", "dpmap_pred/dpmap2mesh.py",

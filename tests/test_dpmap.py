@@ -368,7 +368,10 @@ def check_dpmap2mesh_over_the_data_folder(data, common: list[str], dp: np.ndarra
     reg = uv_grid_mesh(6, surface="sphere")
     reg.vertices *= (1 + 0.01 * np.random.default_rng(2).standard_normal(len(reg.vertices)))[:, None]  # texel noise
     write_obj(data.reg_mesh("002_01"), reg)
-    assert dpmap2mesh.main(common + ["--split", "eval", "--dp_subdiv_levels", "1"]) == 0  # default: 30 Taubin rounds
+    from options import read_by
+
+    # default: the map's own application surface (30 Taubin rounds for this checkpoint)
+    assert dpmap2mesh.main(read_by("dpmap2mesh", common) + ["--split", "eval", "--dp_subdiv_levels", "1"]) == 0
     meso = read_obj(data.meso_mesh("002_01"))
     assert len(meso.faces) == 4 * 72 and meso.uvs is not None
     assert (data.meso_mesh("002_01").parent / "002_01.mtl").is_file()
