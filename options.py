@@ -252,7 +252,7 @@ def add_dpmap_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dp_max_mm", type=float, default=1.0, help="output range of the network: +-mm (max_mm * tanh)")
     g.add_argument("--dp_use_uv", action=argparse.BooleanOptionalAction, default=True,
                    help="append the texel's template uv to the network input (wrinkles sit at typical places)")
-    g.add_argument("--dp_size", type=int, default=512, help="side of the displacement map and of the texture fed to the network, in texels")
+    g.add_argument("--dp_size", type=int, default=1024, help="side of the displacement map and of the texture fed to the network, in texels (the blended texture's 1024: pores survive; two Loop levels of the reg mesh)")
     g.add_argument("--dp_crop", type=int, default=128, help="side of the random training crops, in texels of --dp_size")
     g.add_argument("--dp_batch_size", type=int, default=4, help="crops per training step")
     g.add_argument("--dp_learning_rate", type=float, default=5e-4, help="Adam learning rate of the generator (and discriminator)")
