@@ -198,6 +198,13 @@ def process_face(opt, folder, fid: str) -> None:
     log.info("%s: %d -> %d vertices (%d Loop levels)", fid, len(mesh.vertices), len(meso.vertices), levels)
 
 
+def is_current(folder, fid: str) -> bool:
+    """The face's meso mesh exists and is newer than the reg mesh and the map it was made from."""
+    out = folder.meso_mesh(fid)
+    return out.is_file() and all(not p.is_file() or p.stat().st_mtime <= out.stat().st_mtime
+                                 for p in (folder.reg_mesh(fid), folder.dp_map(fid)))
+
+
 def main(argv=None) -> int:
     from dpmap_pred.encoding import read_dpmap
     from mvfr.datafolder import DataFolder
@@ -223,7 +230,7 @@ def main(argv=None) -> int:
     start_stage(opt, folder.options_file("dpmap2mesh"))
 
     summary = run_faces(select_face_ids(folder, opt), functools.partial(process_face, opt, folder),
-                        done=lambda fid: folder.meso_mesh(fid).exists(), overwrite=opt.overwrite, desc="dpmap2mesh")
+                        done=lambda fid: is_current(folder, fid), overwrite=opt.overwrite, desc="dpmap2mesh")
     return summary.exit_code()
 
 

@@ -100,6 +100,16 @@ def score_faces(folder: DataFolder, raw: RawFolder, ids: list[str], size: int, s
     return doc
 
 
+def is_current(folder: DataFolder, checkpoint: str, fid: str) -> bool:
+    """The face's map exists and is newer than its texture and the checkpoint (a retrained or newly
+    shipped checkpoint makes every map again without ``--overwrite``)."""
+    out = folder.dp_map(fid)
+    if not out.is_file():
+        return False
+    sources = [Path(checkpoint), folder.texture(fid)]
+    return all(not p.is_file() or p.stat().st_mtime <= out.stat().st_mtime for p in sources)
+
+
 def trained_target(opt, meta: dict) -> Target:
     """The ground truth of ``--score``: the checkpoint's target and application surface (``meta`` from
     :func:`load_state`); ``--dp_target``, ``--dp_smooth_iters``, ``--dp_subdiv_levels`` given on the command line win."""
@@ -140,7 +150,7 @@ def main(argv=None) -> int:
     folder, raw = DataFolder(opt.dataroot), RawFolder(opt.facescape_dataroot)
     start_stage(opt, folder.options_file("dpmap_main"))
     ids = select_face_ids(folder, opt)
-    summary = run_faces(ids, functools.partial(process_face, folder, state, device), done=lambda fid: folder.dp_map(fid).exists(), overwrite=opt.overwrite, desc="dpmap_main")
+    summary = run_faces(ids, functools.partial(process_face, folder, state, device), done=functools.partial(is_current, folder, opt.dp_checkpoint), overwrite=opt.overwrite, desc="dpmap_main")
     if opt.score:
         score_faces(folder, raw, [f for f in ids if folder.dp_map(f).is_file()], size, opt.split, trained_target(opt, meta))
     return summary.exit_code()

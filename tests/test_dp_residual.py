@@ -101,3 +101,22 @@ def test_score_uses_the_checkpoints_target_unless_told_otherwise():
     assert trained_target(unset, meta) == Target("residual", 30, -1, "reg")
     assert trained_target(SimpleNamespace(dp_target=None, dp_smooth_iters=0, dp_subdiv_levels=None), meta).smooth_iters == 0
     assert trained_target(SimpleNamespace(dp_target="registered", dp_smooth_iters=None, dp_subdiv_levels=None), meta).mode == "registered"
+
+
+def test_stage5_outputs_are_remade_when_their_sources_are_newer(tmp_path):
+    import os
+
+    from dpmap_pred import dpmap2mesh, main
+    from mvfr.datafolder import DataFolder
+
+    folder = DataFolder(tmp_path / "data")
+    ckpt = tmp_path / "checkpoint_dpmap.pt"
+    for p in (ckpt, folder.texture("002_01"), folder.reg_mesh("002_01"), folder.dp_map("002_01"), folder.meso_mesh("002_01")):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+        os.utime(p, (1000, 1000))
+    assert main.is_current(folder, str(ckpt), "002_01") and dpmap2mesh.is_current(folder, "002_01")
+    os.utime(ckpt, (2000, 2000))  # a newly shipped checkpoint
+    assert not main.is_current(folder, str(ckpt), "002_01")
+    os.utime(folder.dp_map("002_01"), (3000, 3000))  # its new map
+    assert main.is_current(folder, str(ckpt), "002_01") and not dpmap2mesh.is_current(folder, "002_01")
