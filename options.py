@@ -257,7 +257,7 @@ def add_dpmap_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dp_batch_size", type=int, default=4, help="crops per training step")
     g.add_argument("--dp_learning_rate", type=float, default=5e-4, help="Adam learning rate of the generator (and discriminator)")
     g.add_argument("--dp_steps", type=int, default=1500, help="training steps (the learning rate decays linearly over the last half)")
-    g.add_argument("--dp_lambda_grad", type=float, default=1.0, help="weight of the L1 loss on finite-difference gradients (per texel, mm)")
+    g.add_argument("--dp_lambda_grad", type=float, default=3.0, help="weight of the L1 loss on finite-difference gradients (per texel, mm)")
     g.add_argument("--dp_loss_levels", type=int, default=4, help="scales of the average pyramid the L1 and gradient losses are averaged over (1 = full resolution only)")
     g.add_argument("--dp_lambda_gan", type=float, default=0.0, help="weight of the LSGAN adversarial term (0 = off)")
     g.add_argument("--dp_ndf", type=int, default=32, help="channels of the PatchGAN discriminator (with --dp_lambda_gan > 0)")
