@@ -51,8 +51,7 @@ def main() -> None:
         size = pred.shape[0]
         reg = read_mesh(folder.reg_mesh(fid))
         levels, smooth = meshing_settings(a, info, reg, size)
-        target = dataclasses.replace(Target.from_options({"dp_target": "residual", **info.get("application_surface", {})}),
-                                     smooth_iters=smooth, levels=levels)
+        target = dataclasses.replace(Target.from_record(info.get("application_surface", {})), smooth_iters=smooth, levels=levels)
         truth = dp_target(folder, raw, a.split, fid, size, target)
         mask = load_facial_mask(size) & np.isfinite(truth)
         s = dpmap_scores(pred, np.nan_to_num(truth), mask)

@@ -107,7 +107,7 @@ def main() -> None:
         size = pred.shape[0]
         top, left, side = (int(round(v * size)) for v in a.box)
         crop = (slice(top, top + side), slice(left, left + side))
-        target = Target.from_options({"dp_target": "residual", **info.get("application_surface", {})})
+        target = Target.from_record(info.get("application_surface", {}))
         tex = resize_image(load_image(folder.texture(fid)), size)[crop]
         pred = pred[crop]
         gt = dp_target(folder, raw, a.split, fid, size, target)[crop]

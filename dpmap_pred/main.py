@@ -113,10 +113,7 @@ def is_current(folder: DataFolder, checkpoint: str, fid: str) -> bool:
 def trained_target(opt, meta: dict) -> Target:
     """The ground truth of ``--score``: the checkpoint's target and application surface (``meta`` from
     :func:`load_state`); ``--dp_target``, ``--dp_smooth_iters``, ``--dp_subdiv_levels`` given on the command line win."""
-    rec = meta["application_surface"]
-    given = {"dp_target": opt.dp_target, "dp_smooth_iters": opt.dp_smooth_iters, "dp_subdiv_levels": opt.dp_subdiv_levels}
-    base = {"dp_target": rec["target"], "dp_smooth_iters": rec["smooth_iters"], "dp_subdiv_levels": rec["subdiv_levels"]}
-    return Target.from_options({k: (v if given[k] is None else given[k]) for k, v in base.items()})
+    return Target.from_record(meta["application_surface"], opt)
 
 
 def main(argv=None) -> int:

@@ -230,6 +230,17 @@ class Target:
         return cls(str(get("dp_target", cls.mode)), int(get("dp_smooth_iters", cls.smooth_iters)),
                    int(get("dp_subdiv_levels", cls.levels)), str(get("dp_target_surface", cls.surface)))
 
+    @classmethod
+    def from_record(cls, record: dict, options=None) -> "Target":
+        """From a map's ``application_surface`` record (:meth:`record`; an empty one: the defaults),
+        with ``--dp_target``/``--dp_smooth_iters``/``--dp_subdiv_levels`` of ``options`` winning where given."""
+        keys = {"dp_target": "target", "dp_smooth_iters": "smooth_iters", "dp_subdiv_levels": "subdiv_levels"}
+        merged = {flag: record.get(key) for flag, key in keys.items()}
+        for flag in keys:
+            given = getattr(options, flag, None) if options is not None else None
+            merged[flag] = merged[flag] if given is None else given
+        return cls.from_options(merged)
+
     def record(self) -> dict:
         """What a displacement map's JSON records of its application surface (``dpmap2mesh.py`` reads it)."""
         return {"target": self.mode, "smooth_iters": self.smooth_iters, "subdiv_levels": self.levels}
@@ -246,7 +257,7 @@ def truth_mesh(folder: DataFolder, raw: RawFolder, split: str, fid: str):
     """The ground-truth surface of ``fid`` as a UV-grid mesh at the maps' size (capture units): the
     training maps' ``pos + norm * mv`` where known; for a split without ``mv_map`` the displacement
     along the base normals is cast against the scan here (``--search_range_mm`` of gen_maps, 20 mm)."""
-    from mvfr.base_maps import ground_truth_maps, truth_surface
+    from mvfr.base_maps import ground_truth_maps, surface_texels, truth_surface
     from mvfr.mesh_io import read_mesh
     from mvfr.uv_mesh import uv_grid_mesh
     from mvfr.uv_rasterizer import facial_mask
@@ -255,8 +266,7 @@ def truth_mesh(folder: DataFolder, raw: RawFolder, split: str, fid: str):
         surface, known = load_truth_surface(folder, split, fid)
     else:
         pos, nrm = (np.load(folder.map(split, n, fid)) for n in ("pos_map", "norm_map"))
-        covered = np.isfinite(pos).all(-1) & (np.linalg.norm(nrm, axis=-1) > 0.5)
-        mv, valid = ground_truth_maps(pos, nrm, covered, facial_mask(pos.shape[0]), read_mesh(raw.scan(fid)),
+        mv, valid = ground_truth_maps(pos, nrm, surface_texels(pos, nrm), facial_mask(pos.shape[0]), read_mesh(raw.scan(fid)),
                                       TRUTH_SEARCH_RANGE_MM / folder.mm_per_unit(fid))
         surface, known = truth_surface(pos, nrm, mv, valid)
     return uv_grid_mesh(surface, known)
